@@ -1,0 +1,36 @@
+//! The element types a program can run in: `f32` and `f64`.
+use num_traits::Float as NumFloat;
+
+/// A floating-point element type. Everything numeric in the crate is generic over it.
+pub trait Float:
+    NumFloat + Default + Send + Sync + std::iter::Sum + std::ops::AddAssign + std::fmt::Debug + 'static
+{
+    /// The NumPy name of the type, for error messages.
+    const NAME: &'static str;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Float for f32 {
+    const NAME: &'static str = "float32";
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Float for f64 {
+    const NAME: &'static str = "float64";
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}

@@ -1,0 +1,330 @@
+//! Elementwise kernels: unary functions, and binary operations with NumPy broadcasting.
+use super::for_chunks_mut;
+use crate::float::Float;
+use crate::ir::{BinaryOp, UnaryOp};
+
+#[inline(always)]
+fn sigmoid<T: Float>(x: T) -> T {
+    // Two branches so neither exp overflows.
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (T::one() + e)
+    }
+}
+
+#[inline(always)]
+fn softplus<T: Float>(x: T) -> T {
+    // log(1 + e^x) = max(x, 0) + log1p(e^-|x|), exact for large |x|.
+    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+}
+
+/// y = op(x).
+pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
+    fn map<T: Float>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
+        for_chunks_mut(y, |r, y| {
+            y.iter_mut().zip(&x[r]).for_each(|(y, &x)| *y = f(x))
+        });
+    }
+    let zero = T::zero();
+    match op {
+        UnaryOp::Neg => map(x, y, |v| -v),
+        UnaryOp::Exp => map(x, y, |v| v.exp()),
+        UnaryOp::Log => map(x, y, |v| v.ln()),
+        UnaryOp::Log1p => map(x, y, |v| v.ln_1p()),
+        UnaryOp::Expm1 => map(x, y, |v| v.exp_m1()),
+        UnaryOp::Sqrt => map(x, y, |v| v.sqrt()),
+        UnaryOp::Abs => map(x, y, |v| v.abs()),
+        UnaryOp::Tanh => map(x, y, |v| v.tanh()),
+        UnaryOp::Sigmoid => map(x, y, sigmoid),
+        // `v.max(0)` would turn NaN into 0; NaN must propagate.
+        UnaryOp::Relu => map(x, y, |v| if v < zero { zero } else { v }),
+        UnaryOp::Softplus => map(x, y, softplus),
+        UnaryOp::Sin => map(x, y, |v| v.sin()),
+        UnaryOp::Cos => map(x, y, |v| v.cos()),
+        UnaryOp::Square => map(x, y, |v| v * v),
+        UnaryOp::Powf(p) => {
+            let p = T::from_f64(p);
+            map(x, y, |v| v.powf(p))
+        }
+    }
+}
+
+/// dx += g * op'(x), given y = op(x).
+pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut [T]) {
+    fn acc<T: Float>(x: &[T], y: &[T], g: &[T], dx: &mut [T], df: impl Fn(T, T) -> T + Sync) {
+        for_chunks_mut(dx, |r, dx| {
+            let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
+            for i in 0..dx.len() {
+                dx[i] += g[i] * df(x[i], y[i]);
+            }
+        });
+    }
+    let (zero, one, two) = (T::zero(), T::one(), T::from_f64(2.0));
+    match op {
+        UnaryOp::Neg => acc(x, y, g, dx, |_, _| -one),
+        UnaryOp::Exp => acc(x, y, g, dx, |_, y| y),
+        UnaryOp::Log => acc(x, y, g, dx, |x, _| one / x),
+        UnaryOp::Log1p => acc(x, y, g, dx, |x, _| one / (one + x)),
+        UnaryOp::Expm1 => acc(x, y, g, dx, |_, y| y + one),
+        UnaryOp::Sqrt => acc(x, y, g, dx, |_, y| T::from_f64(0.5) / y),
+        UnaryOp::Abs => acc(x, y, g, dx, |x, _| {
+            if x > zero {
+                one
+            } else if x < zero {
+                -one
+            } else {
+                zero
+            }
+        }),
+        UnaryOp::Tanh => acc(x, y, g, dx, |_, y| one - y * y),
+        UnaryOp::Sigmoid => acc(x, y, g, dx, |_, y| y * (one - y)),
+        UnaryOp::Relu => acc(x, y, g, dx, |x, _| if x > zero { one } else { zero }),
+        UnaryOp::Softplus => acc(x, y, g, dx, |x, _| sigmoid(x)),
+        UnaryOp::Sin => acc(x, y, g, dx, |x, _| x.cos()),
+        UnaryOp::Cos => acc(x, y, g, dx, |x, _| -x.sin()),
+        UnaryOp::Square => acc(x, y, g, dx, |x, _| two * x),
+        UnaryOp::Powf(p) => {
+            let (p, pm1) = (T::from_f64(p), T::from_f64(p - 1.0));
+            // x^0 is 1 for every x, so its derivative is 0 even where x^-1 is infinite.
+            if p == zero {
+                return;
+            }
+            acc(x, y, g, dx, |x, _| p * x.powf(pm1))
+        }
+    }
+}
+
+/// How an operand of shape (rows, cols) is read when broadcast to the output's (R, C):
+/// element (i, j) of the output reads element `i * row + j * col` of the operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Broadcast {
+    pub row: usize,
+    pub col: usize,
+}
+
+impl Broadcast {
+    pub fn new((rows, cols): (usize, usize), (out_rows, out_cols): (usize, usize)) -> Broadcast {
+        Broadcast {
+            row: if rows == 1 && out_rows != 1 { 0 } else { cols },
+            col: if cols == 1 && out_cols != 1 { 0 } else { 1 },
+        }
+    }
+    /// Every element of the output reads the same operand element.
+    fn is_scalar(&self, cols: usize) -> bool {
+        self.col == 0 && (self.row == 0 || cols == 0)
+    }
+    /// The operand has the output's own layout.
+    fn is_full(&self, cols: usize) -> bool {
+        self.col == 1 && self.row == cols
+    }
+}
+
+#[inline(always)]
+fn apply<T: Float>(op: BinaryOp, a: T, b: T) -> T {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Pow => a.powf(b),
+        // NaN-propagating, as NumPy's maximum and minimum.
+        BinaryOp::Maximum => {
+            if a.is_nan() || a >= b {
+                a
+            } else {
+                b
+            }
+        }
+        BinaryOp::Minimum => {
+            if a.is_nan() || a <= b {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+/// out (R, C) = a op b with broadcasting.
+pub fn binary_forward<T: Float>(
+    op: BinaryOp,
+    (a, ba): (&[T], Broadcast),
+    (b, bb): (&[T], Broadcast),
+    out: &mut [T],
+    (rows, cols): (usize, usize),
+) {
+    // One monomorphised loop per op, so the inner loops inline and vectorise.
+    fn run<T: Float>(
+        f: impl Fn(T, T) -> T + Sync,
+        (a, ba): (&[T], Broadcast),
+        (b, bb): (&[T], Broadcast),
+        out: &mut [T],
+        (rows, cols): (usize, usize),
+    ) {
+        let flat = |x: Broadcast| x.is_full(cols) || x.is_scalar(cols);
+        if flat(ba) && flat(bb) {
+            let (sa, sb) = (ba.is_scalar(cols), bb.is_scalar(cols));
+            for_chunks_mut(out, |r, o| match (sa, sb) {
+                (false, false) => o
+                    .iter_mut()
+                    .zip(&a[r.clone()])
+                    .zip(&b[r])
+                    .for_each(|((o, &x), &y)| *o = f(x, y)),
+                (false, true) => o.iter_mut().zip(&a[r]).for_each(|(o, &x)| *o = f(x, b[0])),
+                (true, false) => o.iter_mut().zip(&b[r]).for_each(|(o, &y)| *o = f(a[0], y)),
+                (true, true) => o.iter_mut().for_each(|o| *o = f(a[0], b[0])),
+            });
+        } else {
+            for i in 0..rows {
+                let o = &mut out[i * cols..(i + 1) * cols];
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = f(a[i * ba.row + j * ba.col], b[i * bb.row + j * bb.col]);
+                }
+            }
+        }
+    }
+    let args = ((a, ba), (b, bb), out, (rows, cols));
+    macro_rules! dispatch {
+        ($($op:ident),*) => {
+            match op {
+                $(BinaryOp::$op => run(|x, y| apply(BinaryOp::$op, x, y), args.0, args.1, args.2, args.3),)*
+            }
+        };
+    }
+    dispatch!(Add, Sub, Mul, Div, Pow, Maximum, Minimum);
+}
+
+/// Which operand of a binary op a gradient is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Left,
+    Right,
+}
+
+/// ∂(x op z)/∂side at operands x, z and result y, for one (op, side) pair.
+#[inline(always)]
+fn partial<T: Float>(op: BinaryOp, side: Side, x: T, z: T, y: T) -> T {
+    let (zero, one) = (T::zero(), T::one());
+    match (op, side) {
+        (BinaryOp::Add, _) => one,
+        (BinaryOp::Sub, Side::Left) => one,
+        (BinaryOp::Sub, Side::Right) => -one,
+        (BinaryOp::Mul, Side::Left) => z,
+        (BinaryOp::Mul, Side::Right) => x,
+        (BinaryOp::Div, Side::Left) => one / z,
+        (BinaryOp::Div, Side::Right) => -y / z,
+        (BinaryOp::Pow, Side::Left) => {
+            if z == zero {
+                zero
+            } else {
+                z * x.powf(z - one)
+            }
+        }
+        // d(x^z)/dz = ln(x) x^z, taken as 0 where x^z is 0 (as JAX does).
+        (BinaryOp::Pow, Side::Right) => {
+            if y == zero {
+                zero
+            } else {
+                x.ln() * y
+            }
+        }
+        (BinaryOp::Maximum | BinaryOp::Minimum, Side::Left) => {
+            if x == y {
+                one
+            } else {
+                zero
+            }
+        }
+        (BinaryOp::Maximum | BinaryOp::Minimum, Side::Right) => {
+            if x == y {
+                zero
+            } else {
+                one
+            }
+        }
+    }
+}
+
+/// d(side) += reduce-over-broadcast(g * ∂(a op b)/∂side), given y = a op b.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_backward<T: Float>(
+    op: BinaryOp,
+    side: Side,
+    (a, ba): (&[T], Broadcast),
+    (b, bb): (&[T], Broadcast),
+    y: &[T],
+    g: &[T],
+    d: &mut [T],
+    (rows, cols): (usize, usize),
+) {
+    // One monomorphised loop per (op, side), so the common full/scalar cases vectorise.
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Float>(
+        df: impl Fn(T, T, T) -> T + Sync,
+        side: Side,
+        (a, ba): (&[T], Broadcast),
+        (b, bb): (&[T], Broadcast),
+        y: &[T],
+        g: &[T],
+        d: &mut [T],
+        (rows, cols): (usize, usize),
+    ) {
+        let target = if side == Side::Left { ba } else { bb };
+        let flat = |x: Broadcast| x.is_full(cols) || x.is_scalar(cols);
+        if flat(ba) && flat(bb) && target.is_full(cols) {
+            let (sa, sb) = (ba.is_scalar(cols), bb.is_scalar(cols));
+            for_chunks_mut(d, |r, d| {
+                let (g, y) = (&g[r.clone()], &y[r.clone()]);
+                match (sa, sb) {
+                    (false, false) => {
+                        let (a, b) = (&a[r.clone()], &b[r]);
+                        for k in 0..d.len() {
+                            d[k] += g[k] * df(a[k], b[k], y[k]);
+                        }
+                    }
+                    (false, true) => {
+                        let a = &a[r];
+                        for k in 0..d.len() {
+                            d[k] += g[k] * df(a[k], b[0], y[k]);
+                        }
+                    }
+                    (true, false) => {
+                        let b = &b[r];
+                        for k in 0..d.len() {
+                            d[k] += g[k] * df(a[0], b[k], y[k]);
+                        }
+                    }
+                    (true, true) => {
+                        for k in 0..d.len() {
+                            d[k] += g[k] * df(a[0], b[0], y[k]);
+                        }
+                    }
+                }
+            });
+        } else {
+            // A broadcast operand: sum the contributions of every output element that read it.
+            for i in 0..rows {
+                for j in 0..cols {
+                    let k = i * cols + j;
+                    let x = a[i * ba.row + j * ba.col];
+                    let z = b[i * bb.row + j * bb.col];
+                    d[i * target.row + j * target.col] += g[k] * df(x, z, y[k]);
+                }
+            }
+        }
+    }
+    let args = ((a, ba), (b, bb), y, g, d, (rows, cols));
+    macro_rules! dispatch {
+        ($($op:ident),*) => {
+            match (op, side) {
+                $(
+                    (BinaryOp::$op, Side::Left) => run(|x, z, y| partial(BinaryOp::$op, Side::Left, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
+                    (BinaryOp::$op, Side::Right) => run(|x, z, y| partial(BinaryOp::$op, Side::Right, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
+                )*
+            }
+        };
+    }
+    dispatch!(Add, Sub, Mul, Div, Pow, Maximum, Minimum);
+}

@@ -1,0 +1,46 @@
+//! Numeric kernels on flat row-major buffers. Every kernel writes into memory it is given and
+//! allocates nothing. Forward kernels overwrite their output; backward kernels accumulate (`+=`)
+//! into the adjoint they are given, so an operand used twice simply receives two contributions.
+pub mod elementwise;
+pub mod gemm;
+pub mod reduce;
+
+/// Below this many elements a kernel runs on the calling thread: waking workers costs more.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// A mutable slice shared by tasks that write disjoint ranges of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub(crate) fn new(s: &mut [T]) -> Self {
+        SharedMut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+    /// SAFETY: concurrent callers must ask for disjoint ranges.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn range(&self, r: std::ops::Range<usize>) -> &mut [T] {
+        assert!(r.start <= r.end && r.end <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start)
+    }
+}
+
+/// Runs `f(range, out[range])` over chunks of `out`, in parallel for long buffers.
+pub(crate) fn for_chunks_mut<T: Send>(
+    out: &mut [T],
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync,
+) {
+    let shared = SharedMut::new(out);
+    crate::parallel::for_chunks(shared.len, PARALLEL_MIN_ELEMENTS, &|r| {
+        // SAFETY: `for_chunks` hands out disjoint ranges.
+        f(r.clone(), unsafe { shared.range(r) })
+    });
+}

@@ -1,0 +1,36 @@
+//! fastad — a compiled, allocation-free reverse-mode tape for dense networks and array programs.
+//!
+//! The pipeline is `Graph` (the IR, built op by op with shape inference) → `Program::compile`
+//! (schedule, gradient analysis, buffer plan) → replays (`value`, `value_and_grad`, `vjp`) that
+//! run forward and reverse sweeps over preallocated buffers and allocate nothing in steady state.
+//!
+//! ```
+//! use fastad::{Graph, Program, Shape, UnaryOp, BinaryOp, ReduceOp, Axis};
+//! let mut g = Graph::new();
+//! let x = g.input(Shape::vector(3));
+//! let y = g.unary(UnaryOp::Exp, x).unwrap();
+//! let s = g.reduce(ReduceOp::Sum, y, Axis::All, false).unwrap();
+//! let mut p = Program::<f64>::compile(&g, s, &[0]).unwrap();
+//! let mut grad = [0.0; 3];
+//! let v = p.value_and_grad(&[&[0.0, 1.0, 2.0]], &mut [&mut grad]).unwrap();
+//! assert!((v - (1.0 + 1f64.exp() + 2f64.exp())).abs() < 1e-12);
+//! assert!((grad[2] - 2f64.exp()).abs() < 1e-12);
+//! ```
+pub mod alloc_count;
+mod error;
+mod exec;
+mod float;
+mod ir;
+pub mod kernels;
+pub mod parallel;
+mod program;
+mod shape;
+
+pub use error::{Error, ErrorKind, Result};
+pub use float::Float;
+pub use ir::{Axis, BinaryOp, Graph, Node, NodeId, Op, ReduceOp, UnaryOp};
+pub use program::Program;
+pub use shape::{Dim, Shape};
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,192 @@
+//! Compiling a graph into a `Program`: the live schedule, which nodes need adjoints, and every
+//! buffer the replays will use, allocated here (and grown only when a larger batch arrives).
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ir::{Graph, NodeId, Op};
+use crate::shape::Shape;
+
+/// One scheduled node: its op (reading earlier steps) and its shape.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    pub op: Op,
+    pub shape: Shape,
+    /// The step reads a wrt argument, directly or not, so the reverse sweep visits it.
+    pub needs_grad: bool,
+}
+
+/// A compiled program: replay it with `eval`, `value_and_grad` and `vjp` (see `exec.rs`).
+pub struct Program<T: Float> {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) output: usize,
+    pub(crate) arg_shapes: Vec<Shape>,
+    /// The step of each argument, if the output depends on it.
+    pub(crate) arg_steps: Vec<Option<usize>>,
+    pub(crate) wrt: Vec<usize>,
+    /// Forward values; empty for arguments, which are read in place from the caller.
+    pub(crate) values: Vec<Vec<T>>,
+    /// Adjoints of the steps that need them; empty otherwise.
+    pub(crate) adjoints: Vec<Vec<T>>,
+    /// The largest batch the buffers hold.
+    pub(crate) capacity: usize,
+}
+
+impl<T: Float> Program<T> {
+    /// Compiles the part of `graph` that `output` depends on, differentiating with respect to
+    /// the arguments numbered in `wrt`.
+    pub fn compile(graph: &Graph, output: NodeId, wrt: &[usize]) -> Result<Program<T>> {
+        if output >= graph.nodes().len() {
+            return Err(Error::value(format!("output node {output} does not exist")));
+        }
+        for (i, &w) in wrt.iter().enumerate() {
+            if w >= graph.n_inputs() {
+                return Err(Error::value(format!(
+                    "wrt argument {w} does not exist: the program has {} arguments",
+                    graph.n_inputs()
+                )));
+            }
+            if wrt[..i].contains(&w) {
+                return Err(Error::value(format!("wrt lists argument {w} twice")));
+            }
+        }
+
+        // Live nodes: those the output depends on. Node order is already topological.
+        let mut live = vec![false; output + 1];
+        live[output] = true;
+        for id in (0..=output).rev() {
+            if live[id] {
+                let (ins, n) = graph.node(id).op.inputs();
+                ins[..n].iter().for_each(|&j| live[j] = true);
+            }
+        }
+        let mut step_of = vec![usize::MAX; output + 1];
+        let mut steps: Vec<Step> = Vec::new();
+        let mut arg_steps = vec![None; graph.n_inputs()];
+        for id in (0..=output).filter(|&id| live[id]) {
+            let node = graph.node(id);
+            let op = remap(&node.op, &step_of);
+            let needs_grad = match op {
+                Op::Input(k) => wrt.contains(&k),
+                // Indices are not differentiable.
+                Op::TakeAlongRows { x, .. } => steps[x].needs_grad,
+                _ => {
+                    let (ins, n) = op.inputs();
+                    ins[..n].iter().any(|&j| steps[j].needs_grad)
+                }
+            };
+            if let Op::Input(k) = op {
+                arg_steps[k] = Some(steps.len());
+            }
+            step_of[id] = steps.len();
+            steps.push(Step {
+                op,
+                shape: node.shape,
+                needs_grad,
+            });
+        }
+        // Input shapes come from the graph, including arguments the output does not read.
+        let arg_shapes = graph
+            .nodes()
+            .iter()
+            .filter_map(|n| {
+                if let Op::Input(_) = n.op {
+                    Some(n.shape)
+                } else {
+                    None
+                }
+            })
+            .collect();
+
+        let values = steps
+            .iter()
+            .map(|s| match s.op {
+                Op::Input(_) => Vec::new(),
+                Op::Constant(c) => vec![T::from_f64(c)],
+                Op::ConstantArray(a) => graph.array(a).iter().map(|&v| T::from_f64(v)).collect(),
+                _ => vec![T::zero(); s.shape.len(0)],
+            })
+            .collect();
+        let adjoints = steps
+            .iter()
+            .map(|s| {
+                if s.needs_grad {
+                    vec![T::zero(); s.shape.len(0)]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Ok(Program {
+            output: steps.len() - 1,
+            steps,
+            arg_shapes,
+            arg_steps,
+            wrt: wrt.to_vec(),
+            values,
+            adjoints,
+            capacity: 0,
+        })
+    }
+
+    /// The shapes the arguments must have (`Dim::Batch` is the caller's batch size).
+    pub fn arg_shapes(&self) -> &[Shape] {
+        &self.arg_shapes
+    }
+    pub fn output_shape(&self) -> Shape {
+        self.steps[self.output].shape
+    }
+    /// The arguments gradients are taken with respect to, in the order gradients are returned.
+    pub fn wrt(&self) -> &[usize] {
+        &self.wrt
+    }
+    /// Number of steps in the schedule (live nodes).
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Grows every batched buffer to hold `batch` rows. Allocates only for a batch larger than
+    /// any before.
+    pub(crate) fn reserve_batch(&mut self, batch: usize) {
+        if batch <= self.capacity {
+            return;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if !s.shape.is_batched() {
+                continue;
+            }
+            let n = s.shape.len(batch);
+            if !matches!(s.op, Op::Input(_)) {
+                self.values[i].resize(n, T::zero());
+            }
+            if s.needs_grad {
+                self.adjoints[i].resize(n, T::zero());
+            }
+        }
+        self.capacity = batch;
+    }
+}
+
+fn remap(op: &Op, step_of: &[usize]) -> Op {
+    let m = |id: NodeId| step_of[id];
+    match *op {
+        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => op.clone(),
+        Op::Unary(u, x) => Op::Unary(u, m(x)),
+        Op::Binary(b, x, y) => Op::Binary(b, m(x), m(y)),
+        Op::MatMul { a, b, ta, tb } => Op::MatMul {
+            a: m(a),
+            b: m(b),
+            ta,
+            tb,
+        },
+        Op::Transpose(x) => Op::Transpose(m(x)),
+        Op::Reshape(x) => Op::Reshape(m(x)),
+        Op::Reduce(r, axis, x) => Op::Reduce(r, axis, m(x)),
+        Op::Softmax { x, axis, log } => Op::Softmax { x: m(x), axis, log },
+        Op::TakeAlongRows { x, index } => Op::TakeAlongRows {
+            x: m(x),
+            index: m(index),
+        },
+    }
+}

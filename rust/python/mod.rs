@@ -1,0 +1,53 @@
+//! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
+//! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
+//! `arrays` (NumPy argument checks).
+use pyo3::prelude::*;
+
+mod arrays;
+mod graph;
+mod program;
+
+/// Counting allocations lets users and tests check that a replay allocates nothing.
+#[global_allocator]
+static ALLOCATOR: crate::alloc_count::CountingAllocator = crate::alloc_count::CountingAllocator;
+
+fn to_py_err(e: crate::Error) -> PyErr {
+    match e.kind {
+        crate::ErrorKind::Value => pyo3::exceptions::PyValueError::new_err(e.message),
+        crate::ErrorKind::Type => pyo3::exceptions::PyTypeError::new_err(e.message),
+    }
+}
+
+/// Heap allocations made by the native extension since it was loaded, on all threads.
+#[pyfunction]
+fn allocation_count() -> u64 {
+    crate::alloc_count::allocation_count()
+}
+
+/// Sets the number of threads fastad's parallel kernels use (at least 1).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "the number of threads must be at least 1",
+        ));
+    }
+    crate::parallel::set_num_threads(n);
+    Ok(())
+}
+
+/// The number of threads fastad's parallel kernels use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    crate::parallel::num_threads()
+}
+
+#[pymodule]
+fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<graph::Graph>()?;
+    m.add_class::<program::Program>()?;
+    m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    Ok(())
+}
