@@ -1,0 +1,72 @@
+//! After one warm-up call, replays of value, gradient and vjp make zero heap allocations on any
+//! thread (the counting allocator counts process-wide), including with two worker threads.
+//! This file holds one test on purpose: another test running beside it would allocate.
+use fastad::alloc_count::{allocation_count, CountingAllocator};
+mod common;
+use common::eam_graph;
+use fastad::{Axis, BinaryOp, Graph, Program, ReduceOp, Shape, UnaryOp};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// A batched layer: y = tanh(X Wᵀ + b), large enough to run on the worker threads.
+fn layer_graph() -> (Graph, usize, usize) {
+    let mut g = Graph::new();
+    let w = g.input(Shape::matrix(64, 32));
+    let b = g.input(Shape::vector(64));
+    let x = g.input(Shape::batch_of(32));
+    let wt = g.transpose(w).unwrap();
+    let h = g.matmul(x, wt).unwrap();
+    let h = g.binary(BinaryOp::Add, h, b).unwrap();
+    let y = g.unary(UnaryOp::Tanh, h).unwrap();
+    let loss = g.reduce(ReduceOp::Mean, y, Axis::All, false).unwrap();
+    (g, y, loss)
+}
+
+#[test]
+fn replays_allocate_nothing() {
+    fastad::parallel::set_num_threads(2);
+    let (g, out) = eam_graph(100);
+    let mut eam = Program::<f64>::compile(&g, out, &[0]).unwrap();
+    let x: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
+    let mut gx = vec![0.0; 100];
+    let mut value = [0.0];
+
+    let (lg, y, loss) = layer_graph();
+    let mut layer_loss = Program::<f32>::compile(&lg, loss, &[0, 1]).unwrap();
+    let mut layer = Program::<f32>::compile(&lg, y, &[0, 2]).unwrap();
+    let n = 512;
+    let w: Vec<f32> = (0..64 * 32).map(|i| (i as f32 * 0.01).sin()).collect();
+    let b: Vec<f32> = vec![0.1; 64];
+    let xs: Vec<f32> = (0..n * 32).map(|i| (i as f32 * 0.003).cos()).collect();
+    let cot: Vec<f32> = vec![0.5; n * 64];
+    let (mut gw, mut gb, mut gxs) = (
+        vec![0.0f32; 64 * 32],
+        vec![0.0f32; 64],
+        vec![0.0f32; n * 32],
+    );
+    let mut yv = vec![0.0f32; n * 64];
+
+    let mut replay = || {
+        eam.eval(&[&x], &mut value).unwrap();
+        eam.value_and_grad(&[&x], &mut [&mut gx]).unwrap();
+        eam.vjp(&[&x], &[2.0], &mut [&mut gx], None).unwrap();
+        layer_loss
+            .value_and_grad(&[&w, &b, &xs], &mut [&mut gw, &mut gb])
+            .unwrap();
+        layer
+            .vjp(
+                &[&w, &b, &xs],
+                &cot,
+                &mut [&mut gw, &mut gxs],
+                Some(&mut yv),
+            )
+            .unwrap();
+    };
+    replay(); // warm-up: buffers for this batch size, worker threads
+    let before = allocation_count();
+    for _ in 0..1000 {
+        replay();
+    }
+    assert_eq!(allocation_count() - before, 0, "replays allocated");
+}
