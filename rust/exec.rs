@@ -80,7 +80,7 @@ impl<T: Float> Program<T> {
         self.check_grads(grads, batch)?;
         self.forward(args, batch)?;
         self.backward(args, batch, None);
-        self.write_grads(grads, batch);
+        self.write_grads(grads);
         Ok(self.output_value(args, batch)[0])
     }
 
@@ -101,7 +101,7 @@ impl<T: Float> Program<T> {
         self.check_grads(grads, batch)?;
         self.forward(args, batch)?;
         self.backward(args, batch, Some(cotangent));
-        self.write_grads(grads, batch);
+        self.write_grads(grads);
         if let Some(v) = value_out {
             v.copy_from_slice(self.output_value(args, batch));
         }
@@ -126,7 +126,7 @@ impl<T: Float> Program<T> {
         value(&self.steps, &self.values, args, batch, self.output)
     }
 
-    fn write_grads(&self, grads: &mut [&mut [T]], batch: usize) {
+    fn write_grads(&self, grads: &mut [&mut [T]]) {
         for (g, &w) in grads.iter_mut().zip(&self.wrt) {
             match self.arg_steps[w] {
                 Some(s) if self.steps[s].needs_grad => {
@@ -135,7 +135,6 @@ impl<T: Float> Program<T> {
                 _ => g.fill(T::zero()), // the output does not depend on this argument
             }
         }
-        let _ = batch;
     }
 
     pub(crate) fn forward(&mut self, args: &[&[T]], batch: usize) -> Result<()> {
