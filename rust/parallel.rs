@@ -56,6 +56,8 @@ struct Pool {
     work_ready: Condvar,
     work_done: Condvar,
     workers: AtomicUsize,
+    /// Workers that have started running: their thread start-up allocations are behind them.
+    started: AtomicUsize,
     busy: AtomicBool,
 }
 
@@ -73,6 +75,7 @@ fn pool() -> &'static Pool {
         work_ready: Condvar::new(),
         work_done: Condvar::new(),
         workers: AtomicUsize::new(0),
+        started: AtomicUsize::new(0),
         busy: AtomicBool::new(false),
     })
 }
@@ -122,9 +125,14 @@ impl Pool {
                 .spawn(move || self.worker())
                 .expect("spawning a fastad worker thread");
         }
+        // Wait until new workers run, so no thread start-up work spills into later calls.
+        while self.started.load(Ordering::Acquire) < self.workers.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
     }
 
     fn worker(&'static self) {
+        self.started.fetch_add(1, Ordering::AcqRel);
         let mut seen = 0u64;
         loop {
             {
