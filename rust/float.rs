@@ -9,6 +9,8 @@ pub trait Float:
     const NAME: &'static str;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// e^x by `kernels::vmath`: vectorises in a loop, unlike `exp` (a libm call).
+    fn vexp(self) -> Self;
 }
 
 impl Float for f32 {
@@ -21,6 +23,10 @@ impl Float for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn vexp(self) -> Self {
+        crate::kernels::vmath::exp_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -32,5 +38,9 @@ impl Float for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn vexp(self) -> Self {
+        crate::kernels::vmath::exp_f64(self)
     }
 }

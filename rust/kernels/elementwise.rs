@@ -1,36 +1,40 @@
 //! Elementwise kernels: unary functions, and binary operations with NumPy broadcasting.
-use super::for_chunks_mut;
+use super::{for_chunks_mut, simd::dispatch};
 use crate::float::Float;
 use crate::ir::{BinaryOp, UnaryOp};
 
 #[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
-    // Two branches so neither exp overflows.
+    // e^-|x| never overflows; the select keeps the loop branch-free.
+    let e = (-x.abs()).vexp();
+    let d = T::one() / (T::one() + e);
     if x >= T::zero() {
-        T::one() / (T::one() + (-x).exp())
+        d
     } else {
-        let e = x.exp();
-        e / (T::one() + e)
+        e * d
     }
 }
 
 #[inline(always)]
 fn softplus<T: Float>(x: T) -> T {
     // log(1 + e^x) = max(x, 0) + log1p(e^-|x|), exact for large |x|.
-    x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+    x.max(T::zero()) + (-x.abs()).vexp().ln_1p()
 }
 
 /// y = op(x).
 pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
     fn map<T: Float>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
         for_chunks_mut(y, |r, y| {
-            y.iter_mut().zip(&x[r]).for_each(|(y, &x)| *y = f(x))
+            dispatch(
+                #[inline(always)]
+                || y.iter_mut().zip(&x[r]).for_each(|(y, &x)| *y = f(x)),
+            )
         });
     }
     let zero = T::zero();
     match op {
         UnaryOp::Neg => map(x, y, |v| -v),
-        UnaryOp::Exp => map(x, y, |v| v.exp()),
+        UnaryOp::Exp => map(x, y, |v| v.vexp()),
         UnaryOp::Log => map(x, y, |v| v.ln()),
         UnaryOp::Log1p => map(x, y, |v| v.ln_1p()),
         UnaryOp::Expm1 => map(x, y, |v| v.exp_m1()),
@@ -44,11 +48,20 @@ pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
         UnaryOp::Sin => map(x, y, |v| v.sin()),
         UnaryOp::Cos => map(x, y, |v| v.cos()),
         UnaryOp::Square => map(x, y, |v| v * v),
-        UnaryOp::Powf(p) => {
-            let p = T::from_f64(p);
-            map(x, y, |v| v.powf(p))
-        }
+        UnaryOp::Powf(p) => match small_integer(p) {
+            // Repeated multiplication: vectorises, and is exact for small powers.
+            Some(n) => map(x, y, |v| v.powi(n)),
+            None => {
+                let p = T::from_f64(p);
+                map(x, y, |v| v.powf(p))
+            }
+        },
     }
+}
+
+/// `p` as an i32 when it is a whole number small enough for `powi`.
+fn small_integer(p: f64) -> Option<i32> {
+    (p.fract() == 0.0 && p.abs() <= 64.0).then_some(p as i32)
 }
 
 /// dx += g * op'(x), given y = op(x).
@@ -56,9 +69,14 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
     fn acc<T: Float>(x: &[T], y: &[T], g: &[T], dx: &mut [T], df: impl Fn(T, T) -> T + Sync) {
         for_chunks_mut(dx, |r, dx| {
             let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
-            for i in 0..dx.len() {
-                dx[i] += g[i] * df(x[i], y[i]);
-            }
+            dispatch(
+                #[inline(always)]
+                || {
+                    for i in 0..dx.len() {
+                        dx[i] += g[i] * df(x[i], y[i]);
+                    }
+                },
+            )
         });
     }
     let (zero, one, two) = (T::zero(), T::one(), T::from_f64(2.0));
@@ -91,7 +109,10 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
             if p == zero {
                 return;
             }
-            acc(x, y, g, dx, |x, _| p * x.powf(pm1))
+            match small_integer(p.to_f64() - 1.0) {
+                Some(n) => acc(x, y, g, dx, |x, _| p * x.powi(n)),
+                None => acc(x, y, g, dx, |x, _| p * x.powf(pm1)),
+            }
         }
     }
 }
@@ -102,6 +123,10 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
 pub struct Broadcast {
     pub row: usize,
     pub col: usize,
+    /// Every element of the output reads the same operand element.
+    scalar: bool,
+    /// The operand has the output's own shape.
+    full: bool,
 }
 
 impl Broadcast {
@@ -109,15 +134,13 @@ impl Broadcast {
         Broadcast {
             row: if rows == 1 && out_rows != 1 { 0 } else { cols },
             col: if cols == 1 && out_cols != 1 { 0 } else { 1 },
+            scalar: rows * cols == 1,
+            full: (rows, cols) == (out_rows, out_cols),
         }
     }
-    /// Every element of the output reads the same operand element.
-    fn is_scalar(&self, cols: usize) -> bool {
-        self.col == 0 && (self.row == 0 || cols == 0)
-    }
-    /// The operand has the output's own layout.
-    fn is_full(&self, cols: usize) -> bool {
-        self.col == 1 && self.row == cols
+    /// Read flat: element k of the output reads element k of the operand, or its only element.
+    fn is_flat(&self) -> bool {
+        self.scalar || self.full
     }
 }
 
@@ -163,18 +186,27 @@ pub fn binary_forward<T: Float>(
         out: &mut [T],
         (rows, cols): (usize, usize),
     ) {
-        let flat = |x: Broadcast| x.is_full(cols) || x.is_scalar(cols);
-        if flat(ba) && flat(bb) {
-            let (sa, sb) = (ba.is_scalar(cols), bb.is_scalar(cols));
-            for_chunks_mut(out, |r, o| match (sa, sb) {
-                (false, false) => o
-                    .iter_mut()
-                    .zip(&a[r.clone()])
-                    .zip(&b[r])
-                    .for_each(|((o, &x), &y)| *o = f(x, y)),
-                (false, true) => o.iter_mut().zip(&a[r]).for_each(|(o, &x)| *o = f(x, b[0])),
-                (true, false) => o.iter_mut().zip(&b[r]).for_each(|(o, &y)| *o = f(a[0], y)),
-                (true, true) => o.iter_mut().for_each(|o| *o = f(a[0], b[0])),
+        if ba.is_flat() && bb.is_flat() {
+            // A (1, 1) operand of a (1, 1) output is both; read it as full.
+            let (sa, sb) = (!ba.full, !bb.full);
+            for_chunks_mut(out, |r, o| {
+                dispatch(
+                    #[inline(always)]
+                    || match (sa, sb) {
+                        (false, false) => o
+                            .iter_mut()
+                            .zip(&a[r.clone()])
+                            .zip(&b[r])
+                            .for_each(|((o, &x), &y)| *o = f(x, y)),
+                        (false, true) => {
+                            o.iter_mut().zip(&a[r]).for_each(|(o, &x)| *o = f(x, b[0]))
+                        }
+                        (true, false) => {
+                            o.iter_mut().zip(&b[r]).for_each(|(o, &y)| *o = f(a[0], y))
+                        }
+                        (true, true) => o.iter_mut().for_each(|o| *o = f(a[0], b[0])),
+                    },
+                )
             });
         } else {
             for i in 0..rows {
@@ -272,36 +304,38 @@ pub fn binary_backward<T: Float>(
         (rows, cols): (usize, usize),
     ) {
         let target = if side == Side::Left { ba } else { bb };
-        let flat = |x: Broadcast| x.is_full(cols) || x.is_scalar(cols);
-        if flat(ba) && flat(bb) && target.is_full(cols) {
-            let (sa, sb) = (ba.is_scalar(cols), bb.is_scalar(cols));
+        if ba.is_flat() && bb.is_flat() && target.full {
+            let (sa, sb) = (!ba.full, !bb.full);
             for_chunks_mut(d, |r, d| {
                 let (g, y) = (&g[r.clone()], &y[r.clone()]);
-                match (sa, sb) {
-                    (false, false) => {
-                        let (a, b) = (&a[r.clone()], &b[r]);
-                        for k in 0..d.len() {
-                            d[k] += g[k] * df(a[k], b[k], y[k]);
+                dispatch(
+                    #[inline(always)]
+                    || match (sa, sb) {
+                        (false, false) => {
+                            let (a, b) = (&a[r.clone()], &b[r]);
+                            for k in 0..d.len() {
+                                d[k] += g[k] * df(a[k], b[k], y[k]);
+                            }
                         }
-                    }
-                    (false, true) => {
-                        let a = &a[r];
-                        for k in 0..d.len() {
-                            d[k] += g[k] * df(a[k], b[0], y[k]);
+                        (false, true) => {
+                            let a = &a[r];
+                            for k in 0..d.len() {
+                                d[k] += g[k] * df(a[k], b[0], y[k]);
+                            }
                         }
-                    }
-                    (true, false) => {
-                        let b = &b[r];
-                        for k in 0..d.len() {
-                            d[k] += g[k] * df(a[0], b[k], y[k]);
+                        (true, false) => {
+                            let b = &b[r];
+                            for k in 0..d.len() {
+                                d[k] += g[k] * df(a[0], b[k], y[k]);
+                            }
                         }
-                    }
-                    (true, true) => {
-                        for k in 0..d.len() {
-                            d[k] += g[k] * df(a[0], b[0], y[k]);
+                        (true, true) => {
+                            for k in 0..d.len() {
+                                d[k] += g[k] * df(a[0], b[0], y[k]);
+                            }
                         }
-                    }
-                }
+                    },
+                )
             });
         } else {
             // A broadcast operand: sum the contributions of every output element that read it.

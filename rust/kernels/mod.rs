@@ -4,6 +4,8 @@
 pub mod elementwise;
 pub mod gemm;
 pub mod reduce;
+pub mod simd;
+pub mod vmath;
 
 /// Below this many elements a kernel runs on the calling thread: waking workers costs more.
 pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;

@@ -4,6 +4,7 @@
 //! along contiguous rows, or down strided columns.
 use crate::float::Float;
 use crate::ir::ReduceOp;
+use crate::kernels::simd::dispatch;
 
 /// A lane of a strided 2-D view: `count` lanes of `len` elements; lane `l`, element `e` is at
 /// `l * lane_stride + e * elem_stride`.
@@ -42,22 +43,29 @@ impl Lanes {
 
 /// Sum of a contiguous slice with eight independent accumulators: vectorises, and the order
 /// of additions is fixed, so results are reproducible.
+#[inline(always)]
 pub fn sum<T: Float>(x: &[T]) -> T {
+    sum_of(x.len(), |i| x[i])
+}
+
+/// Σ f(i) for i in 0..len, in the fixed order of `sum` (so a loop computing f vectorises too).
+#[inline(always)]
+fn sum_of<T: Float>(len: usize, f: impl Fn(usize) -> T) -> T {
     let mut acc = [T::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            acc[k] += c[k];
+    let whole = len - len % 8;
+    for c in (0..whole).step_by(8) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f(c + k);
         }
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for &v in rest {
-        s += v;
+    for i in whole..len {
+        s += f(i);
     }
     s
 }
 
+#[inline(always)]
 fn lane_max<T: Float>(x: &[T], l: Lanes, lane: usize) -> T {
     let mut m = T::neg_infinity();
     for e in 0..l.len {
@@ -76,104 +84,118 @@ fn lane_max<T: Float>(x: &[T], l: Lanes, lane: usize) -> T {
 
 /// y[lane] = op(x along lane).
 pub fn reduce_forward<T: Float>(op: ReduceOp, x: &[T], y: &mut [T], l: Lanes) {
-    match op {
-        ReduceOp::Sum | ReduceOp::Mean => {
-            let scale = if op == ReduceOp::Mean {
-                T::one() / T::from_f64(l.len as f64)
-            } else {
-                T::one()
-            };
-            if l.elem_stride == 1 {
-                for (lane, y) in y.iter_mut().enumerate() {
-                    *y = sum(&x[lane * l.len..(lane + 1) * l.len]) * scale;
+    dispatch(
+        #[inline(always)]
+        || {
+            match op {
+                ReduceOp::Sum | ReduceOp::Mean => {
+                    let scale = if op == ReduceOp::Mean {
+                        T::one() / T::from_f64(l.len as f64)
+                    } else {
+                        T::one()
+                    };
+                    if l.elem_stride == 1 {
+                        for (lane, y) in y.iter_mut().enumerate() {
+                            *y = sum(&x[lane * l.len..(lane + 1) * l.len]) * scale;
+                        }
+                    } else {
+                        // Down columns: add whole rows, which are contiguous.
+                        y.iter_mut().for_each(|v| *v = T::zero());
+                        for row in x.chunks_exact(l.count.max(1)).take(l.len) {
+                            y.iter_mut().zip(row).for_each(|(y, &v)| *y += v);
+                        }
+                        y.iter_mut().for_each(|v| *v = *v * scale);
+                    }
                 }
-            } else {
-                // Down columns: add whole rows, which are contiguous.
-                y.iter_mut().for_each(|v| *v = T::zero());
-                for row in x.chunks_exact(l.count.max(1)).take(l.len) {
-                    y.iter_mut().zip(row).for_each(|(y, &v)| *y += v);
+                ReduceOp::LogSumExp => {
+                    for (lane, y) in y.iter_mut().enumerate() {
+                        let m = lane_max(x, l, lane);
+                        *y = m + sum_of(l.len, |e| (x[l.at(lane, e)] - m).vexp()).ln();
+                    }
                 }
-                y.iter_mut().for_each(|v| *v = *v * scale);
             }
-        }
-        ReduceOp::LogSumExp => {
-            for (lane, y) in y.iter_mut().enumerate() {
-                let m = lane_max(x, l, lane);
-                let mut s = T::zero();
-                for e in 0..l.len {
-                    s += (x[l.at(lane, e)] - m).exp();
-                }
-                *y = m + s.ln();
-            }
-        }
-    }
+        },
+    )
 }
 
 /// dx += ∂y/∂x ᵀ g, given y = op(x).
 pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &mut [T], l: Lanes) {
-    for lane in 0..l.count {
-        match op {
-            ReduceOp::Sum | ReduceOp::Mean => {
-                let gl = if op == ReduceOp::Mean {
-                    g[lane] / T::from_f64(l.len as f64)
-                } else {
-                    g[lane]
-                };
-                for e in 0..l.len {
-                    dx[l.at(lane, e)] += gl;
+    dispatch(
+        #[inline(always)]
+        || {
+            for lane in 0..l.count {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Mean => {
+                        let gl = if op == ReduceOp::Mean {
+                            g[lane] / T::from_f64(l.len as f64)
+                        } else {
+                            g[lane]
+                        };
+                        for e in 0..l.len {
+                            dx[l.at(lane, e)] += gl;
+                        }
+                    }
+                    ReduceOp::LogSumExp => {
+                        for e in 0..l.len {
+                            let i = l.at(lane, e);
+                            dx[i] += g[lane] * (x[i] - y[lane]).vexp();
+                        }
+                    }
                 }
             }
-            ReduceOp::LogSumExp => {
-                for e in 0..l.len {
-                    let i = l.at(lane, e);
-                    dx[i] += g[lane] * (x[i] - y[lane]).exp();
-                }
-            }
-        }
-    }
+        },
+    )
 }
 
 /// y = softmax(x) (or log-softmax) along each lane.
 pub fn softmax_forward<T: Float>(x: &[T], y: &mut [T], l: Lanes, log: bool) {
-    for lane in 0..l.count {
-        let m = lane_max(x, l, lane);
-        let mut s = T::zero();
-        for e in 0..l.len {
-            let i = l.at(lane, e);
-            let v = (x[i] - m).exp();
-            y[i] = v;
-            s += v;
-        }
-        if log {
-            let shift = m + s.ln();
-            for e in 0..l.len {
-                let i = l.at(lane, e);
-                y[i] = x[i] - shift;
+    dispatch(
+        #[inline(always)]
+        || {
+            for lane in 0..l.count {
+                let m = lane_max(x, l, lane);
+                for e in 0..l.len {
+                    let i = l.at(lane, e);
+                    y[i] = (x[i] - m).vexp();
+                }
+                let s = sum_of(l.len, |e| y[l.at(lane, e)]);
+                if log {
+                    let shift = m + s.ln();
+                    for e in 0..l.len {
+                        let i = l.at(lane, e);
+                        y[i] = x[i] - shift;
+                    }
+                } else {
+                    let inv = T::one() / s;
+                    for e in 0..l.len {
+                        y[l.at(lane, e)] = y[l.at(lane, e)] * inv;
+                    }
+                }
             }
-        } else {
-            let inv = T::one() / s;
-            for e in 0..l.len {
-                y[l.at(lane, e)] = y[l.at(lane, e)] * inv;
-            }
-        }
-    }
+        },
+    )
 }
 
 /// dx += J ᵀ g for y = softmax(x) (dx = y (g - Σ g y)) or log-softmax (dx = g - e^y Σ g).
 pub fn softmax_backward<T: Float>(y: &[T], g: &[T], dx: &mut [T], l: Lanes, log: bool) {
-    for lane in 0..l.count {
-        let mut s = T::zero();
-        for e in 0..l.len {
-            let i = l.at(lane, e);
-            s += if log { g[i] } else { g[i] * y[i] };
-        }
-        for e in 0..l.len {
-            let i = l.at(lane, e);
-            dx[i] += if log {
-                g[i] - y[i].exp() * s
-            } else {
-                y[i] * (g[i] - s)
-            };
-        }
-    }
+    dispatch(
+        #[inline(always)]
+        || {
+            for lane in 0..l.count {
+                let mut s = T::zero();
+                for e in 0..l.len {
+                    let i = l.at(lane, e);
+                    s += if log { g[i] } else { g[i] * y[i] };
+                }
+                for e in 0..l.len {
+                    let i = l.at(lane, e);
+                    dx[i] += if log {
+                        g[i] - y[i].vexp() * s
+                    } else {
+                        y[i] * (g[i] - s)
+                    };
+                }
+            }
+        },
+    )
 }
