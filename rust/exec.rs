@@ -6,7 +6,7 @@ use crate::ir::{Axis, Op};
 use crate::kernels::elementwise::{
     binary_backward, binary_forward, unary_backward, unary_forward, Broadcast, Side,
 };
-use crate::kernels::gemm::{gemm_acc, Operand};
+use crate::kernels::gemm::{gemm, workspace_len, Operand};
 use crate::kernels::reduce::{
     reduce_backward, reduce_forward, softmax_backward, softmax_forward, Lanes,
 };
@@ -139,10 +139,46 @@ impl<T: Float> Program<T> {
 
     pub(crate) fn forward(&mut self, args: &[&[T]], batch: usize) -> Result<()> {
         self.reserve_batch(batch);
+        self.reserve_gemm_workspace(batch);
         for i in 0..self.steps.len() {
-            forward_step(&self.steps, &mut self.values, args, batch, i)?;
+            forward_step(
+                &self.steps,
+                &mut self.values,
+                args,
+                batch,
+                i,
+                &mut self.gemm_workspace,
+            )?;
         }
         Ok(())
+    }
+
+    /// Grows the matrix products' packing workspace for this batch size and thread count (so
+    /// it allocates only when either is larger than ever before).
+    fn reserve_gemm_workspace(&mut self, batch: usize) {
+        let threads = crate::parallel::num_threads();
+        if batch <= self.workspace_batch && threads <= self.workspace_threads {
+            return;
+        }
+        let (batch, threads) = (
+            batch.max(self.workspace_batch),
+            threads.max(self.workspace_threads),
+        );
+        let mut need = 0;
+        for s in &self.steps {
+            if let Op::MatMul { a, b, ta, tb } = s.op {
+                let (m, k, n) = matmul_dims(&self.steps, batch, a, b, ta, tb);
+                // The forward product and both backward ones.
+                for (m, n, k) in [(m, n, k), (m, k, n), (k, n, m)] {
+                    need = need.max(workspace_len(m, n, k, threads));
+                }
+            }
+        }
+        if need > self.gemm_workspace.len() {
+            self.gemm_workspace.resize(need, T::zero());
+        }
+        self.workspace_batch = batch;
+        self.workspace_threads = threads;
     }
 
     /// Reverse sweep from the output, seeded with 1 (scalar output) or the cotangent.
@@ -169,6 +205,7 @@ impl<T: Float> Program<T> {
                     args,
                     batch,
                     i,
+                    &mut self.gemm_workspace,
                 );
             }
         }
@@ -254,6 +291,7 @@ fn forward_step<T: Float>(
     args: &[&[T]],
     batch: usize,
     i: usize,
+    ws: &mut [T],
 ) -> Result<()> {
     let (before, rest) = values.split_at_mut(i);
     let shape = steps[i].shape.resolve(batch);
@@ -273,21 +311,8 @@ fn forward_step<T: Float>(
         }
         Op::MatMul { a, b, ta, tb } => {
             let (m, k, n) = matmul_dims(steps, batch, a, b, ta, tb);
-            out.fill(T::zero());
-            gemm_acc(
-                m,
-                n,
-                k,
-                Operand {
-                    data: val(a),
-                    transposed: ta,
-                },
-                Operand {
-                    data: val(b),
-                    transposed: tb,
-                },
-                out,
-            );
+            let op = |data, transposed| Operand { data, transposed };
+            gemm(m, n, k, op(val(a), ta), op(val(b), tb), out, false, ws);
         }
         Op::Transpose(x) => {
             let ((r, c), x) = (dims(x), val(x));
@@ -298,6 +323,7 @@ fn forward_step<T: Float>(
             }
         }
         Op::Reshape(x) => out.copy_from_slice(val(x)),
+        Op::Slice { x, start } => out.copy_from_slice(&val(x)[start..start + out.len()]),
         Op::Reduce(op, axis, x) => reduce_forward(op, val(x), out, lanes(dims(x), axis)),
         Op::Softmax { x, axis, log } => softmax_forward(val(x), out, lanes(dims(x), axis), log),
         Op::TakeAlongRows { x, index } => {
@@ -317,6 +343,7 @@ fn backward_step<T: Float>(
     args: &[&[T]],
     batch: usize,
     i: usize,
+    ws: &mut [T],
 ) {
     let (before, rest) = adjoints.split_at_mut(i);
     let g = &rest[0][..steps[i].shape.len(batch)];
@@ -347,17 +374,17 @@ fn backward_step<T: Float>(
             if needs(a) {
                 // d op(A) = G op(B)ᵀ; stored transposed when `ta`.
                 if ta {
-                    gemm_acc(k, m, n, op(val(b), tb), op(g, true), adj!(a));
+                    gemm(k, m, n, op(val(b), tb), op(g, true), adj!(a), true, ws);
                 } else {
-                    gemm_acc(m, k, n, op(g, false), op(val(b), !tb), adj!(a));
+                    gemm(m, k, n, op(g, false), op(val(b), !tb), adj!(a), true, ws);
                 }
             }
             if needs(b) {
                 // d op(B) = op(A)ᵀ G; stored transposed when `tb`.
                 if tb {
-                    gemm_acc(n, k, m, op(g, true), op(val(a), ta), adj!(b));
+                    gemm(n, k, m, op(g, true), op(val(a), ta), adj!(b), true, ws);
                 } else {
-                    gemm_acc(k, n, m, op(val(a), !ta), op(g, false), adj!(b));
+                    gemm(k, n, m, op(val(a), !ta), op(g, false), adj!(b), true, ws);
                 }
             }
         }
@@ -370,6 +397,10 @@ fn backward_step<T: Float>(
             }
         }
         Op::Reshape(x) => adj!(x).iter_mut().zip(g).for_each(|(d, &g)| *d += g),
+        Op::Slice { x, start } => adj!(x)[start..start + g.len()]
+            .iter_mut()
+            .zip(g)
+            .for_each(|(d, &g)| *d += g),
         Op::Reduce(op, axis, x) => {
             reduce_backward(op, val(x), val(i), g, adj!(x), lanes(dims(x), axis))
         }

@@ -3,7 +3,15 @@ use num_traits::Float as NumFloat;
 
 /// A floating-point element type. Everything numeric in the crate is generic over it.
 pub trait Float:
-    NumFloat + Default + Send + Sync + std::iter::Sum + std::ops::AddAssign + std::fmt::Debug + 'static
+    NumFloat
+    + Default
+    + Send
+    + Sync
+    + std::iter::Sum
+    + std::ops::AddAssign
+    + std::fmt::Debug
+    + crate::kernels::gemm::GemmKernel
+    + 'static
 {
     /// The NumPy name of the type, for error messages.
     const NAME: &'static str;

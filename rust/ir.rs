@@ -95,6 +95,12 @@ pub enum Op {
     Transpose(NodeId),
     /// Same elements, new shape.
     Reshape(NodeId),
+    /// A contiguous run of an unbatched array's elements, from `start`, in the node's shape
+    /// (how a model's layers read their weights out of one flat parameter vector).
+    Slice {
+        x: NodeId,
+        start: usize,
+    },
     Reduce(ReduceOp, Axis, NodeId),
     Softmax {
         x: NodeId,
@@ -116,7 +122,7 @@ impl Op {
             Op::Unary(_, x) | Op::Transpose(x) | Op::Reshape(x) | Op::Reduce(_, _, x) => {
                 ([x, 0], 1)
             }
-            Op::Softmax { x, .. } => ([x, 0], 1),
+            Op::Softmax { x, .. } | Op::Slice { x, .. } => ([x, 0], 1),
             Op::Binary(_, a, b) | Op::MatMul { a, b, .. } => ([a, b], 2),
             Op::TakeAlongRows { x, index } => ([x, index], 2),
         }
@@ -257,6 +263,24 @@ impl Graph {
             )));
         }
         Ok(self.push(Op::Reshape(x), shape))
+    }
+
+    /// Elements `start .. start + shape.len()` of the unbatched array `x`, in `shape`.
+    pub fn slice(&mut self, x: NodeId, start: usize, shape: Shape) -> Result<NodeId> {
+        let s = self.check(x)?;
+        if s.is_batched() || shape.is_batched() {
+            return Err(Error::value(format!(
+                "slice reads a fixed-shape array into a fixed shape; got {s} into {shape}"
+            )));
+        }
+        let (len, n) = (s.len(0), shape.len(0));
+        if start.checked_add(n).is_none_or(|end| end > len) {
+            return Err(Error::value(format!(
+                "slice of {n} elements from {start} runs past the end of an array of shape {s} \
+                 ({len} elements)"
+            )));
+        }
+        Ok(self.push(Op::Slice { x, start }, shape))
     }
 
     pub fn reduce(

@@ -28,6 +28,11 @@ pub struct Program<T: Float> {
     pub(crate) adjoints: Vec<Vec<T>>,
     /// The largest batch the buffers hold.
     pub(crate) capacity: usize,
+    /// Packing space for the matrix products, sized for `workspace_batch` and
+    /// `workspace_threads` (see `exec::reserve_gemm_workspace`).
+    pub(crate) gemm_workspace: Vec<T>,
+    pub(crate) workspace_batch: usize,
+    pub(crate) workspace_threads: usize,
 }
 
 impl<T: Float> Program<T> {
@@ -124,6 +129,9 @@ impl<T: Float> Program<T> {
             values,
             adjoints,
             capacity: 0,
+            gemm_workspace: Vec::new(),
+            workspace_batch: 0,
+            workspace_threads: 0,
         })
     }
 
@@ -182,6 +190,7 @@ fn remap(op: &Op, step_of: &[usize]) -> Op {
         },
         Op::Transpose(x) => Op::Transpose(m(x)),
         Op::Reshape(x) => Op::Reshape(m(x)),
+        Op::Slice { x, start } => Op::Slice { x: m(x), start },
         Op::Reduce(r, axis, x) => Op::Reduce(r, axis, m(x)),
         Op::Softmax { x, axis, log } => Op::Softmax { x: m(x), axis, log },
         Op::TakeAlongRows { x, index } => Op::TakeAlongRows {

@@ -130,6 +130,23 @@ class Tracer:
             shape = tuple(shape[0])
         return self._new(self._graph.reshape(self._id, list(shape)))
 
+    def __getitem__(self, index) -> "Tracer":
+        """``x[a:b]`` of a fixed-length 1-D traced array (step 1): a contiguous slice."""
+        if self.ndim != 1 or self.shape[0] is None or not isinstance(index, slice):
+            raise TypeError(
+                f"traced arrays support only x[a:b] on fixed-length 1-D arrays; got index {index!r} "
+                f"of an array of shape {self.shape}"
+            )
+        start, stop, step = index.indices(self.shape[0])
+        if step != 1:
+            raise TypeError(f"traced slices need step 1, got {index!r}")
+        return self.flat_slice(start, (max(stop - start, 0),))
+
+    def flat_slice(self, start: int, shape) -> "Tracer":
+        """Elements ``start .. start + prod(shape)`` of this fixed-shape array, as an array of
+        `shape` (how a model reads each layer's weights from its flat parameter vector)."""
+        return self._new(self._graph.slice(self._id, int(start), list(shape)))
+
     # A traced value cannot steer Python control flow.
     def __bool__(self): raise TypeError(_FIXED_GRAPH)
     def __lt__(self, o): raise TypeError(_FIXED_GRAPH)

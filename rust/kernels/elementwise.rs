@@ -144,6 +144,32 @@ impl Broadcast {
     }
 }
 
+/// One row of an operand as the output's row i reads it: a contiguous row, or one element.
+#[derive(Clone, Copy)]
+enum Lane<'a, T> {
+    Row(&'a [T]),
+    One(T),
+}
+
+impl<'a, T: Float> Lane<'a, T> {
+    #[inline(always)]
+    fn of(x: &'a [T], bc: Broadcast, i: usize, cols: usize) -> Self {
+        let start = i * bc.row;
+        if bc.col == 1 {
+            Lane::Row(&x[start..start + cols])
+        } else {
+            Lane::One(x[start])
+        }
+    }
+    #[inline(always)]
+    fn at(self, j: usize) -> T {
+        match self {
+            Lane::Row(r) => r[j],
+            Lane::One(v) => v,
+        }
+    }
+}
+
 #[inline(always)]
 fn apply<T: Float>(op: BinaryOp, a: T, b: T) -> T {
     match op {
@@ -209,11 +235,27 @@ pub fn binary_forward<T: Float>(
                 )
             });
         } else {
+            // Broadcasting: row by row, each operand is a contiguous row or one element.
             for i in 0..rows {
                 let o = &mut out[i * cols..(i + 1) * cols];
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = f(a[i * ba.row + j * ba.col], b[i * bb.row + j * bb.col]);
-                }
+                let (x, y) = (Lane::of(a, ba, i, cols), Lane::of(b, bb, i, cols));
+                dispatch(
+                    #[inline(always)]
+                    || match (x, y) {
+                        (Lane::Row(x), Lane::Row(y)) => o
+                            .iter_mut()
+                            .zip(x)
+                            .zip(y)
+                            .for_each(|((o, &x), &y)| *o = f(x, y)),
+                        (Lane::Row(x), Lane::One(y)) => {
+                            o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x, y))
+                        }
+                        (Lane::One(x), Lane::Row(y)) => {
+                            o.iter_mut().zip(y).for_each(|(o, &y)| *o = f(x, y))
+                        }
+                        (Lane::One(x), Lane::One(y)) => o.iter_mut().for_each(|o| *o = f(x, y)),
+                    },
+                )
             }
         }
     }
@@ -338,14 +380,26 @@ pub fn binary_backward<T: Float>(
                 )
             });
         } else {
-            // A broadcast operand: sum the contributions of every output element that read it.
+            // Broadcasting, row by row: the target's row receives g·∂ element by element, or,
+            // where one of its elements was read by the whole row, their sum.
             for i in 0..rows {
-                for j in 0..cols {
-                    let k = i * cols + j;
-                    let x = a[i * ba.row + j * ba.col];
-                    let z = b[i * bb.row + j * bb.col];
-                    d[i * target.row + j * target.col] += g[k] * df(x, z, y[k]);
-                }
+                let (g, y) = (&g[i * cols..(i + 1) * cols], &y[i * cols..(i + 1) * cols]);
+                let (x, z) = (Lane::of(a, ba, i, cols), Lane::of(b, bb, i, cols));
+                let term = |j: usize| g[j] * df(x.at(j), z.at(j), y[j]);
+                let at = i * target.row;
+                dispatch(
+                    #[inline(always)]
+                    || {
+                        if target.col == 1 {
+                            let d = &mut d[at..at + cols];
+                            for (j, d) in d.iter_mut().enumerate() {
+                                *d += term(j);
+                            }
+                        } else {
+                            d[at] += (0..cols).map(term).fold(T::zero(), |s, v| s + v);
+                        }
+                    },
+                )
             }
         }
     }

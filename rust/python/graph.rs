@@ -132,6 +132,12 @@ impl Graph {
             .map_err(to_py_err)
     }
 
+    fn slice(&mut self, x: usize, start: usize, shape: Vec<Option<usize>>) -> PyResult<usize> {
+        self.inner
+            .slice(x, start, shape_from_py(&shape)?)
+            .map_err(to_py_err)
+    }
+
     #[pyo3(signature = (name, x, axis=None, keepdims=false))]
     fn reduce(
         &mut self,

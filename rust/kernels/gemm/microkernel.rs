@@ -1,0 +1,217 @@
+//! The register-blocked inner kernels: C[MR×NR] (+)= Ã·B̃ over one packed sliver of A (kc columns
+//! of MR rows) and one packed panel of B (kc rows of NR columns). One kernel per element type and
+//! instruction set; the tile shape is chosen so the accumulators fill most of the vector
+//! registers (AVX-512: 24 of 32 zmm; AVX2: 12 of 16 ymm).
+use crate::kernels::simd::Level;
+
+/// How a kernel writes its tile: a C-contiguous full tile is loaded, added to and stored in
+/// vector registers; edge tiles and strided C go through a small buffer.
+#[derive(Clone, Copy)]
+pub struct Dest<T> {
+    pub ptr: *mut T,
+    pub row_stride: usize,
+    pub col_stride: usize,
+    /// The valid part of the tile (≤ MR × NR).
+    pub rows: usize,
+    pub cols: usize,
+    /// C += product (else C = product, without reading C).
+    pub accumulate: bool,
+}
+
+/// Where a kernel reads its operands. A: element (i, p) at `a + i·a_row + p·a_depth` (packed:
+/// a_row = 1, a_depth = MR); B: row p of the panel is `b + p·b_depth`, NR contiguous elements.
+#[derive(Clone, Copy)]
+pub struct Src<T> {
+    pub a: *const T,
+    pub a_row: usize,
+    pub a_depth: usize,
+    pub b: *const T,
+    pub b_depth: usize,
+}
+
+/// The element types with GEMM kernels (f32 and f64).
+pub trait GemmKernel:
+    Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    /// (MR, NR) of the kernel `tile` runs at this level.
+    fn tile_shape(level: Level) -> (usize, usize);
+    /// # Safety
+    /// `src` must address MR×kc elements of A and kc×NR of B; `dest` must be valid for its
+    /// rows × cols.
+    unsafe fn tile(level: Level, kc: usize, src: Src<Self>, dest: Dest<Self>);
+}
+
+/// Writes a finished MR×NR tile `buf` (row-major, row length `nr`) into `dest`.
+#[inline(always)]
+unsafe fn write_buffered<T: GemmKernel>(buf: &[T], nr: usize, d: Dest<T>) {
+    for i in 0..d.rows {
+        for j in 0..d.cols {
+            let c = d.ptr.add(i * d.row_stride + j * d.col_stride);
+            let v = buf[i * nr + j];
+            *c = if d.accumulate { *c + v } else { v };
+        }
+    }
+}
+
+/// The portable kernel, for CPUs without AVX2: plain loops LLVM vectorises with SSE2.
+#[inline(always)]
+unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
+    kc: usize,
+    s: Src<T>,
+    d: Dest<T>,
+) {
+    let mut acc = [[T::default(); NR]; MR];
+    for p in 0..kc {
+        let bp = &*(s.b.add(p * s.b_depth) as *const [T; NR]);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = *s.a.add(i * s.a_row + p * s.a_depth);
+            for j in 0..NR {
+                row[j] = row[j] + ai * bp[j];
+            }
+        }
+    }
+    write_buffered(acc.as_flattened(), NR, d);
+}
+
+const PORTABLE: (usize, usize) = (4, 8);
+
+/// An x86 kernel with MR rows and two vectors of `lanes` per row (NR = 2·lanes).
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_kernel {
+    ($name:ident, $t:ty, $features:literal, $mr:literal, $lanes:literal, $vec:ty,
+     $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident) => {
+        /// `PACKED_A`: A's rows are adjacent (a_row = 1), so row offsets are constants.
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const PACKED_A: bool>(kc: usize, s: Src<$t>, d: Dest<$t>) {
+            use std::arch::x86_64::*;
+            const MR: usize = $mr;
+            const L: usize = $lanes;
+            let mut c0: [$vec; MR] = [$zero(); MR];
+            let mut c1: [$vec; MR] = [$zero(); MR];
+            let (mut a, mut b) = (s.a, s.b);
+            let row = if PACKED_A { 1 } else { s.a_row };
+            for _ in 0..kc {
+                let b0 = $load(b);
+                let b1 = $load(b.add(L));
+                for i in 0..MR {
+                    let ai = $set1(*a.add(i * row));
+                    c0[i] = $fmadd(ai, b0, c0[i]);
+                    c1[i] = $fmadd(ai, b1, c1[i]);
+                }
+                a = a.add(s.a_depth);
+                b = b.add(s.b_depth);
+            }
+            if d.col_stride == 1 && d.rows == MR && d.cols == 2 * L {
+                for i in 0..MR {
+                    let c = d.ptr.add(i * d.row_stride);
+                    let (mut v0, mut v1) = (c0[i], c1[i]);
+                    if d.accumulate {
+                        v0 = $add(v0, $load(c));
+                        v1 = $add(v1, $load(c.add(L)));
+                    }
+                    $store(c, v0);
+                    $store(c.add(L), v1);
+                }
+            } else {
+                let mut buf = [<$t>::default(); MR * 2 * L];
+                for i in 0..MR {
+                    $store(buf.as_mut_ptr().add(i * 2 * L), c0[i]);
+                    $store(buf.as_mut_ptr().add(i * 2 * L + L), c1[i]);
+                }
+                write_buffered(&buf, 2 * L, d);
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    f32_avx512,
+    f32,
+    "avx512f",
+    12,
+    16,
+    __m512,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps
+);
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    f64_avx512,
+    f64,
+    "avx512f",
+    12,
+    8,
+    __m512d,
+    _mm512_setzero_pd,
+    _mm512_loadu_pd,
+    _mm512_storeu_pd,
+    _mm512_set1_pd,
+    _mm512_fmadd_pd,
+    _mm512_add_pd
+);
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    f32_avx2,
+    f32,
+    "avx2,fma",
+    6,
+    8,
+    __m256,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps
+);
+#[cfg(target_arch = "x86_64")]
+x86_kernel!(
+    f64_avx2,
+    f64,
+    "avx2,fma",
+    6,
+    4,
+    __m256d,
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_storeu_pd,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_add_pd
+);
+
+macro_rules! impl_kernel {
+    ($t:ty, $avx512:ident, $avx512_shape:expr, $avx2:ident, $avx2_shape:expr) => {
+        impl GemmKernel for $t {
+            fn tile_shape(level: Level) -> (usize, usize) {
+                match level {
+                    Level::Avx512 => $avx512_shape,
+                    Level::Avx2 => $avx2_shape,
+                    Level::Baseline => PORTABLE,
+                }
+            }
+            #[inline]
+            unsafe fn tile(level: Level, kc: usize, s: Src<Self>, d: Dest<Self>) {
+                match (level, s.a_row == 1) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx512, true) => $avx512::<true>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx512, false) => $avx512::<false>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, true) => $avx2::<true>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, false) => $avx2::<false>(kc, s, d),
+                    _ => tile_portable::<Self, { PORTABLE.0 }, { PORTABLE.1 }>(kc, s, d),
+                }
+            }
+        }
+    };
+}
+
+impl_kernel!(f32, f32_avx512, (12, 32), f32_avx2, (6, 16));
+impl_kernel!(f64, f64_avx512, (12, 16), f64_avx2, (6, 8));

@@ -1,0 +1,451 @@
+//! Matrix multiply: the one module the rest of the crate calls for `C (+)= op(A) op(B)`.
+//!
+//! The BLIS design: C is computed in blocks of NC columns × KC depth; each B block is packed
+//! into panels of NR columns (kept in L1 by the micro-kernel), each A block of MC rows into
+//! slivers of MR rows (kept in L2), and a register-blocked micro-kernel (microkernel.rs, chosen
+//! at run time for AVX-512, AVX2+FMA or neither) does the MR×NR tiles. Packing buffers come from
+//! a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large products
+//! split the tiles over the thread pool; each tile is computed by one thread in a fixed order,
+//! so results do not depend on the thread count.
+mod microkernel;
+mod pack;
+
+pub use microkernel::GemmKernel;
+use microkernel::{Dest, Src};
+use pack::{pack, View};
+
+use crate::float::Float;
+use crate::kernels::simd;
+
+/// Depth of a packed block (rows of B's panels, columns of A's slivers).
+const KC: usize = 256;
+/// Rows of A packed at once: a multiple of every MR (12, 6 and 4).
+const MC: usize = 120;
+/// Columns of B packed at once: a multiple of every NR (32, 16 and 8).
+const NC: usize = 1024;
+/// A packed block must be read by more than this many slivers (or panels) to be worth packing.
+const REUSE_TO_PACK: usize = 4;
+/// Multiply-adds below which a product runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// A row-major matrix operand: `data` holds `op(M)` of shape (rows, cols) as stored, read
+/// transposed when `transposed` (then `data` is stored as (cols, rows)).
+#[derive(Clone, Copy)]
+pub struct Operand<'a, T> {
+    pub data: &'a [T],
+    pub transposed: bool,
+}
+
+impl<T> Operand<'_, T> {
+    /// The strided view of op(M), of shape (rows, cols).
+    fn view(&self, rows: usize, cols: usize) -> View<T> {
+        let (row_stride, col_stride) = if self.transposed {
+            (1, rows)
+        } else {
+            (cols, 1)
+        };
+        View {
+            ptr: self.data.as_ptr(),
+            row_stride,
+            col_stride,
+        }
+    }
+}
+
+/// Elements of workspace a product of these sizes needs with `threads` threads.
+pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    let kc = k.min(KC);
+    let b_block = kc * m.max(n).min(NC).next_multiple_of(32);
+    b_block + threads.max(1) * MC * kc
+}
+
+/// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
+/// `workspace` must hold `workspace_len(m, n, k, 1)` elements; more lets more threads work.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<T>,
+    b: Operand<T>,
+    c: &mut [T],
+    accumulate: bool,
+    workspace: &mut [T],
+) {
+    gemm_at(simd::level(), m, n, k, a, b, c, accumulate, workspace)
+}
+
+/// `gemm` with the micro-kernel of `level` (tests run every level this CPU has).
+#[allow(clippy::too_many_arguments)]
+fn gemm_at<T: Float>(
+    level: simd::Level,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<T>,
+    b: Operand<T>,
+    c: &mut [T],
+    accumulate: bool,
+    workspace: &mut [T],
+) {
+    assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    let (a, b) = (a.view(m, k), b.view(k, n));
+    let c = Out {
+        ptr: c.as_mut_ptr(),
+        row_stride: n,
+        col_stride: 1,
+    };
+    let (mr, nr) = T::tile_shape(level);
+    // Vectors run along C's columns; when C is narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead
+    // pads fewer lanes (n = 20 with NR = 16 wastes 37%) — unless Aᵀ, the new B, would then
+    // have to be packed (transposed) for the few slivers that read it.
+    let padded = |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr);
+    let new_b_in_place = a.row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
+    let problem = if padded(n, m) < padded(m, n) && new_b_in_place {
+        Problem {
+            m: n,
+            n: m,
+            k,
+            a: b.transposed(),
+            b: a.transposed(),
+            c: c.transposed(),
+        }
+    } else {
+        Problem { m, n, k, a, b, c }
+    };
+    // SAFETY: the views cover the slices checked above.
+    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+}
+
+/// A strided mutable matrix (C).
+#[derive(Clone, Copy)]
+struct Out<T> {
+    ptr: *mut T,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
+
+impl<T> Out<T> {
+    fn transposed(self) -> Out<T> {
+        Out {
+            ptr: self.ptr,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+struct Problem<T> {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View<T>,
+    b: View<T>,
+    c: Out<T>,
+}
+
+impl<T: Float> Problem<T> {
+    unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let kc_max = k.min(KC);
+        let b_len = kc_max * n.min(NC).next_multiple_of(nr);
+        let a_len = MC * kc_max;
+        assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
+        let threads = if m * n * k >= PARALLEL_MIN_WORK {
+            crate::parallel::num_threads().min((ws.len() - b_len) / a_len)
+        } else {
+            1
+        };
+        let (b_pack, a_packs) = ws.split_at_mut(b_len);
+        let a_packs = crate::kernels::SharedMut::new(a_packs);
+        // Packing a block pays when the block is reused: B's by every sliver of A, A's by
+        // every panel of B. Otherwise the kernel reads the operand in place (B only when its
+        // rows are contiguous); only a ragged edge sliver or panel is packed, to pad it.
+        let pack_b = self.b.col_stride != 1 || m.div_ceil(mr) > REUSE_TO_PACK;
+        // Rows per block: at most MC, in a number of blocks the threads share evenly.
+        let mc = m
+            .div_ceil(m.div_ceil(MC).next_multiple_of(threads))
+            .next_multiple_of(mr);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let panels = nc.div_ceil(nr);
+            let pack_a = panels > REUSE_TO_PACK;
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let b_block = &mut b_pack[..kc * nc.next_multiple_of(nr)];
+                if pack_b {
+                    // Panels of nr columns are slivers of Bᵀ. One thread packs: splitting
+                    // this over threads measured slower (2 threads, 1024³ f64: 0.6×).
+                    pack(self.b.at(pc, jc).transposed(), nc, kc, nr, b_block);
+                } else if nc % nr != 0 {
+                    let j0 = (panels - 1) * nr;
+                    let edge = self.b.at(pc, jc + j0).transposed();
+                    pack(edge, nc - j0, kc, nr, b_block);
+                }
+                let block = Block {
+                    jc,
+                    nc,
+                    pc,
+                    kc,
+                    pack_a,
+                    pack_b,
+                    b_block,
+                    accumulate: accumulate || pc > 0,
+                };
+                // Tasks: blocks of mc rows, and when there are fewer blocks than threads,
+                // each block's panels split further.
+                let blocks = m.div_ceil(mc);
+                let per_block = (threads / blocks).clamp(1, panels);
+                let tasks = if blocks >= threads {
+                    threads
+                } else {
+                    blocks * per_block
+                };
+                let task = |t: usize| {
+                    // SAFETY: task t alone uses the t-th A buffer.
+                    let a_block = unsafe { a_packs.range(t * a_len..(t + 1) * a_len) };
+                    let (rows, panel_range) = if blocks >= threads {
+                        (crate::parallel::split(blocks, tasks, t), 0..panels)
+                    } else {
+                        let (blk, part) = (t / per_block, t % per_block);
+                        (
+                            blk..blk + 1,
+                            crate::parallel::split(panels, per_block, part),
+                        )
+                    };
+                    for blk in rows {
+                        let ic = blk * mc;
+                        unsafe {
+                            self.tiles(
+                                level,
+                                (mr, nr),
+                                &block,
+                                (ic, mc.min(m - ic)),
+                                &panel_range,
+                                a_block,
+                            )
+                        };
+                    }
+                };
+                if tasks <= 1 {
+                    task(0);
+                } else {
+                    crate::parallel::run(tasks, &task);
+                }
+            }
+        }
+    }
+
+    /// The micro-kernel over `panels` of B's block and every sliver of A's rows ic..ic+mc.
+    #[inline]
+    unsafe fn tiles(
+        &self,
+        level: simd::Level,
+        (mr, nr): (usize, usize),
+        blk: &Block<T>,
+        (ic, mc): (usize, usize),
+        panels: &std::ops::Range<usize>,
+        a_block: &mut [T],
+    ) {
+        let kc = blk.kc;
+        let ragged = mc % mr != 0;
+        let last = (mc.div_ceil(mr) - 1) * mr;
+        if blk.pack_a {
+            pack(self.a.at(ic, blk.pc), mc, kc, mr, a_block);
+        } else if ragged {
+            pack(self.a.at(ic + last, blk.pc), mc - last, kc, mr, a_block);
+        }
+        let a_block = &*a_block;
+        let panel_src = |j0: usize| {
+            if blk.pack_b {
+                (blk.b_block.as_ptr().add(j0 * kc), nr)
+            } else if j0 + nr <= blk.nc {
+                (self.b.at(blk.pc, blk.jc + j0).ptr, self.b.row_stride)
+            } else {
+                (blk.b_block.as_ptr(), nr)
+            }
+        };
+        let sliver_src = |i0: usize| {
+            if blk.pack_a {
+                (a_block.as_ptr().add(i0 * kc), 1, mr)
+            } else if i0 == last && ragged {
+                (a_block.as_ptr(), 1, mr)
+            } else {
+                let v = self.a.at(ic + i0, blk.pc);
+                (v.ptr, v.row_stride, v.col_stride)
+            }
+        };
+        let tile = |i0: usize, j0: usize| {
+            let ((a, a_row, a_depth), (b, b_depth)) = (sliver_src(i0), panel_src(j0));
+            let c = self
+                .c
+                .ptr
+                .add((ic + i0) * self.c.row_stride + (blk.jc + j0) * self.c.col_stride);
+            let dest = Dest {
+                ptr: c,
+                row_stride: self.c.row_stride,
+                col_stride: self.c.col_stride,
+                rows: mr.min(mc - i0),
+                cols: nr.min(blk.nc - j0),
+                accumulate: blk.accumulate,
+            };
+            T::tile(
+                level,
+                kc,
+                Src {
+                    a,
+                    a_row,
+                    a_depth,
+                    b,
+                    b_depth,
+                },
+                dest,
+            );
+        };
+        // Panel-outer: a panel stays in L1 while the slivers stream from L2. (Sweeping C row
+        // strip by row strip was measured slower even for shallow products.)
+        for j0 in panels.clone().map(|p| p * nr) {
+            for i0 in (0..mc).step_by(mr) {
+                tile(i0, j0);
+            }
+        }
+    }
+}
+
+/// One (jc, pc) block of the product, as the tasks see it.
+struct Block<'a, T> {
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+    pack_a: bool,
+    pack_b: bool,
+    /// B's packed block (or its one packed ragged panel when `!pack_b`).
+    b_block: &'a [T],
+    accumulate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f64],
+        ta: bool,
+        b: &[f64],
+        tb: bool,
+    ) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                    let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                    c[i * n + j] += x * y;
+                }
+            }
+        }
+        c
+    }
+
+    /// The kernels this CPU can run.
+    fn levels() -> Vec<simd::Level> {
+        use simd::Level::*;
+        match simd::level() {
+            Avx512 => vec![Avx512, Avx2, Baseline],
+            Avx2 => vec![Avx2, Baseline],
+            Baseline => vec![Baseline],
+        }
+    }
+
+    fn check<T: Float>(m: usize, n: usize, k: usize, threads: usize, tol: f64) {
+        crate::parallel::set_num_threads(threads);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let (at, bt): (Vec<T>, Vec<T>) = (
+            a.iter().map(|&v| T::from_f64(v)).collect(),
+            b.iter().map(|&v| T::from_f64(v)).collect(),
+        );
+        let mut ws = vec![T::zero(); workspace_len(m, n, k, threads)];
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let want = reference(m, n, k, &a, ta, &b, tb);
+                for (level, accumulate) in
+                    levels().into_iter().flat_map(|l| [(l, false), (l, true)])
+                {
+                    // Overwriting must not read C: start from NaN.
+                    let start = if accumulate { 1.0 } else { f64::NAN };
+                    let mut c = vec![T::from_f64(start); m * n];
+                    let op = |data, transposed| Operand { data, transposed };
+                    gemm_at(
+                        level,
+                        m,
+                        n,
+                        k,
+                        op(&at, ta),
+                        op(&bt, tb),
+                        &mut c,
+                        accumulate,
+                        &mut ws,
+                    );
+                    let offset = if accumulate { 1.0 } else { 0.0 };
+                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        let err = (Float::to_f64(*x) - offset - y).abs();
+                        assert!(
+                            err <= tol * (1.0 + y.abs()) * (k as f64).sqrt(),
+                            "{} {level:?} {m}x{n}x{k} ta={ta} tb={tb} acc={accumulate} threads={threads}: \
+                             element {i} is {x:?}, want {}", T::NAME, y + offset
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (3, 5, 7),
+        (9, 1, 17),
+        (1, 40, 3),
+        (13, 33, 1),
+        (70, 80, 90),
+        (0, 3, 2),
+        (3, 0, 2),
+        (4, 3, 0),
+        (121, 37, 300),
+        (250, 20, 260),
+        (20, 1030, 40),
+        (130, 1100, 9),
+    ];
+
+    #[test]
+    fn f64_matches_the_definition_on_one_and_two_threads() {
+        for &(m, n, k) in SHAPES {
+            for threads in [1, 2, 3] {
+                check::<f64>(m, n, k, threads, 1e-13);
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matches_the_definition() {
+        for &(m, n, k) in SHAPES {
+            check::<f32>(m, n, k, 2, 1e-6);
+        }
+    }
+}

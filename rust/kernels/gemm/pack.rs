@@ -1,0 +1,72 @@
+//! Packing: copying a block of a strided matrix into the order a micro-kernel reads it, so the
+//! kernel's loads are contiguous whatever the operand's layout (transposed operands included).
+
+/// A strided read-only matrix: element (i, j) is at `ptr + i·row_stride + j·col_stride`.
+#[derive(Clone, Copy)]
+pub struct View<T> {
+    pub ptr: *const T,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+unsafe impl<T: Sync> Send for View<T> {}
+unsafe impl<T: Sync> Sync for View<T> {}
+
+impl<T> View<T> {
+    pub fn transposed(self) -> View<T> {
+        View {
+            ptr: self.ptr,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+    /// The view starting at element (i, j).
+    pub unsafe fn at(self, i: usize, j: usize) -> View<T> {
+        View {
+            ptr: self.ptr.add(i * self.row_stride + j * self.col_stride),
+            ..self
+        }
+    }
+}
+
+/// Packs `rows × depth` of `src` into slivers of `width` rows: sliver s holds, for each column
+/// p, rows s·width .. s·width+width of that column, contiguously; rows past `rows` are zero.
+/// `dst` must hold ⌈rows/width⌉·width·depth elements.
+///
+/// A's blocks are packed as they are; B's as Bᵀ (slivers of `width` columns).
+pub unsafe fn pack<T: Copy + Default>(
+    src: View<T>,
+    rows: usize,
+    depth: usize,
+    width: usize,
+    dst: &mut [T],
+) {
+    let slivers = rows.div_ceil(width);
+    debug_assert!(dst.len() >= slivers * width * depth);
+    for s in 0..slivers {
+        let r0 = s * width;
+        let live = width.min(rows - r0);
+        let out = &mut dst[s * width * depth..(s + 1) * width * depth];
+        let at = |i: usize, p: usize| *src.ptr.add((r0 + i) * src.row_stride + p * src.col_stride);
+        if src.row_stride == 1 && live == width {
+            // Columns are contiguous: copy runs of `width`.
+            for p in 0..depth {
+                for i in 0..width {
+                    out[p * width + i] = at(i, p);
+                }
+            }
+        } else {
+            // Walk each source row contiguously (when col_stride is 1), writing with stride.
+            for i in 0..live {
+                for p in 0..depth {
+                    out[p * width + i] = at(i, p);
+                }
+            }
+            for i in live..width {
+                for p in 0..depth {
+                    out[p * width + i] = T::default();
+                }
+            }
+        }
+    }
+}
