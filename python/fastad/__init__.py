@@ -19,11 +19,12 @@ from ._ops import (
     sum, take_along_rows, tanh, transpose,
 )
 from ._tracer import Tracer
+from ._layers import Chain, Dense, gelu
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Program", "Spec", "Tracer", "allocation_count", "compile", "get_num_threads", "set_num_threads",
+    "Chain", "Dense", "Program", "Spec", "Tracer", "gelu", "allocation_count", "compile", "get_num_threads", "set_num_threads",
     "spec", "abs", "bce_logits", "cos", "cross_entropy", "exp", "expm1", "log", "log1p",
     "log_softmax", "logsumexp", "matmul", "maximum", "mean", "minimum", "mse", "relu", "reshape",
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
