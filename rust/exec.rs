@@ -10,7 +10,7 @@ use crate::kernels::gemm::{gemm, workspace_len, Operand};
 use crate::kernels::reduce::{
     reduce_backward, reduce_forward, softmax_backward, softmax_forward, Lanes,
 };
-use crate::program::{Program, Step};
+use crate::program::{Phase, Program, Step};
 use crate::shape::Shape;
 
 impl<T: Float> Program<T> {
@@ -61,7 +61,11 @@ impl<T: Float> Program<T> {
     pub fn eval(&mut self, args: &[&[T]], out: &mut [T]) -> Result<()> {
         let batch = self.batch_size(args)?;
         check_len("out", out.len(), self.output_shape(), batch)?;
-        self.forward(args, batch)?;
+        if self.runs_tiled(batch, false) {
+            self.run_tiled(args, batch, None)?;
+        } else {
+            self.forward(args, batch)?;
+        }
         out.copy_from_slice(self.output_value(args, batch));
         Ok(())
     }
@@ -78,8 +82,12 @@ impl<T: Float> Program<T> {
         }
         let batch = self.batch_size(args)?;
         self.check_grads(grads, batch)?;
-        self.forward(args, batch)?;
-        self.backward(args, batch, None);
+        if self.runs_tiled(batch, true) {
+            self.run_tiled(args, batch, Some(None))?;
+        } else {
+            self.forward(args, batch)?;
+            self.backward(args, batch, None);
+        }
         self.write_grads(grads);
         Ok(self.output_value(args, batch)[0])
     }
@@ -99,8 +107,12 @@ impl<T: Float> Program<T> {
             check_len("value_out", v.len(), self.output_shape(), batch)?;
         }
         self.check_grads(grads, batch)?;
-        self.forward(args, batch)?;
-        self.backward(args, batch, Some(cotangent));
+        if self.runs_tiled(batch, true) {
+            self.run_tiled(args, batch, Some(Some(cotangent)))?;
+        } else {
+            self.forward(args, batch)?;
+            self.backward(args, batch, Some(cotangent));
+        }
         self.write_grads(grads);
         if let Some(v) = value_out {
             v.copy_from_slice(self.output_value(args, batch));
@@ -123,7 +135,11 @@ impl<T: Float> Program<T> {
     }
 
     fn output_value<'a>(&'a self, args: &'a [&'a [T]], batch: usize) -> &'a [T] {
-        value(&self.steps, &self.values, args, batch, self.output)
+        value(
+            &Frame::new(&self.steps, args, batch),
+            &self.values,
+            self.output,
+        )
     }
 
     fn write_grads(&self, grads: &mut [&mut [T]]) {
@@ -142,10 +158,8 @@ impl<T: Float> Program<T> {
         self.reserve_gemm_workspace(batch);
         for i in 0..self.steps.len() {
             forward_step(
-                &self.steps,
+                &Frame::new(&self.steps, args, batch),
                 &mut self.values,
-                args,
-                batch,
                 i,
                 &mut self.gemm_workspace,
             )?;
@@ -155,7 +169,7 @@ impl<T: Float> Program<T> {
 
     /// Grows the matrix products' packing workspace for this batch size and thread count (so
     /// it allocates only when either is larger than ever before).
-    fn reserve_gemm_workspace(&mut self, batch: usize) {
+    pub(crate) fn reserve_gemm_workspace(&mut self, batch: usize) {
         let threads = crate::parallel::num_threads();
         if batch <= self.workspace_batch && threads <= self.workspace_threads {
             return;
@@ -166,7 +180,7 @@ impl<T: Float> Program<T> {
         );
         let mut need = 0;
         for s in &self.steps {
-            if let Op::MatMul { a, b, ta, tb } = s.op {
+            if let Op::MatMul { a, b, ta, tb } | Op::Affine { a, b, ta, tb, .. } = s.op {
                 let (m, k, n) = matmul_dims(&self.steps, batch, a, b, ta, tb);
                 // The forward product and both backward ones.
                 for (m, n, k) in [(m, n, k), (m, k, n), (k, n, m)] {
@@ -199,11 +213,9 @@ impl<T: Float> Program<T> {
         for i in (0..self.steps.len()).rev() {
             if self.steps[i].needs_grad {
                 backward_step(
-                    &self.steps,
+                    &Frame::new(&self.steps, args, batch),
                     &self.values,
                     &mut self.adjoints,
-                    args,
-                    batch,
                     i,
                     &mut self.gemm_workspace,
                 );
@@ -223,19 +235,45 @@ fn check_len(what: &str, len: usize, shape: Shape, batch: usize) -> Result<()> {
     Ok(())
 }
 
-/// The forward value of step `j`: the caller's argument or the step's buffer.
+/// What a sweep reads: the schedule, the arguments (the rows of one tile, in a tiled replay),
+/// the batch size they have, and, in a tiled replay, the whole-batch table that holds the values
+/// of the steps computed before the tiles (`Phase::Pre`).
+#[derive(Clone, Copy)]
+pub(crate) struct Frame<'a, T> {
+    pub steps: &'a [Step],
+    pub args: &'a [&'a [T]],
+    pub batch: usize,
+    pub shared: Option<&'a [Vec<T>]>,
+    /// In a tiled replay: for a product step i, its B operand transposed once before the tiles
+    /// (empty when not), so every tile's product reads B in place instead of packing it.
+    pub b_transposed: Option<&'a [Vec<T>]>,
+}
+
+impl<'a, T> Frame<'a, T> {
+    pub fn new(steps: &'a [Step], args: &'a [&'a [T]], batch: usize) -> Self {
+        Frame {
+            steps,
+            args,
+            batch,
+            shared: None,
+            b_transposed: None,
+        }
+    }
+}
+
+/// The forward value of step `j`: the caller's argument, or the step's buffer in `values` (or
+/// in the frame's shared table).
 #[inline]
-fn value<'a, T>(
-    steps: &[Step],
-    values: &'a [Vec<T>],
-    args: &'a [&'a [T]],
-    batch: usize,
-    j: usize,
-) -> &'a [T] {
-    match steps[j].op {
-        Op::Input(k) => args[k],
-        Op::Constant(_) => &values[j][..1],
-        _ => &values[j][..steps[j].shape.len(batch)],
+pub(crate) fn value<'v, T>(f: &Frame<'v, T>, values: &'v [Vec<T>], j: usize) -> &'v [T] {
+    let s = &f.steps[j];
+    let table = match f.shared {
+        Some(shared) if s.phase == Phase::Pre => shared,
+        _ => values,
+    };
+    match s.op {
+        Op::Input(k) => f.args[k],
+        Op::Constant(_) => &table[j][..1],
+        _ => &table[j][..s.shape.len(f.batch)],
     }
 }
 
@@ -252,7 +290,7 @@ fn lanes((rows, cols): (usize, usize), axis: Axis) -> Lanes {
 }
 
 /// (m, k, n) of `op(a) @ op(b)`, reading rank-1 operands as a row (a) or a column (b).
-fn matmul_dims(
+pub(crate) fn matmul_dims(
     steps: &[Step],
     batch: usize,
     a: usize,
@@ -285,17 +323,16 @@ fn label(v: f64, classes: usize, row: usize) -> Result<usize> {
     }
 }
 
-fn forward_step<T: Float>(
-    steps: &[Step],
+pub(crate) fn forward_step<T: Float>(
+    f: &Frame<T>,
     values: &mut [Vec<T>],
-    args: &[&[T]],
-    batch: usize,
     i: usize,
     ws: &mut [T],
 ) -> Result<()> {
+    let (steps, batch) = (f.steps, f.batch);
     let (before, rest) = values.split_at_mut(i);
     let shape = steps[i].shape.resolve(batch);
-    let val = |j: usize| value(steps, before, args, batch, j);
+    let val = |j: usize| value(f, before, j);
     let dims = |j: usize| dims2(steps, batch, j);
     let out = match steps[i].op {
         Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => return Ok(()),
@@ -309,10 +346,24 @@ fn forward_step<T: Float>(
             let (ba, bb) = (Broadcast::new(dims(a), od), Broadcast::new(dims(b), od));
             binary_forward(op, (val(a), ba), (val(b), bb), out, od);
         }
-        Op::MatMul { a, b, ta, tb } => {
+        Op::MatMul { a, b, ta, tb } | Op::Affine { a, b, ta, tb, .. } => {
             let (m, k, n) = matmul_dims(steps, batch, a, b, ta, tb);
             let op = |data, transposed| Operand { data, transposed };
-            gemm(m, n, k, op(val(a), ta), op(val(b), tb), out, false, ws);
+            let b_op = match f.b_transposed.map(|t| &t[i][..]) {
+                Some(t) if !t.is_empty() => op(t, !tb),
+                _ => op(val(b), tb),
+            };
+            let accumulate = if let Op::Affine { bias, .. } = steps[i].op {
+                if n > 0 {
+                    let bias = val(bias);
+                    out.chunks_exact_mut(n)
+                        .for_each(|row| row.copy_from_slice(bias));
+                }
+                true
+            } else {
+                false
+            };
+            gemm(m, n, k, op(val(a), ta), b_op, out, accumulate, ws);
         }
         Op::Transpose(x) => {
             let ((r, c), x) = (dims(x), val(x));
@@ -336,18 +387,17 @@ fn forward_step<T: Float>(
     Ok(())
 }
 
-fn backward_step<T: Float>(
-    steps: &[Step],
+pub(crate) fn backward_step<T: Float>(
+    f: &Frame<T>,
     values: &[Vec<T>],
     adjoints: &mut [Vec<T>],
-    args: &[&[T]],
-    batch: usize,
     i: usize,
     ws: &mut [T],
 ) {
+    let (steps, batch) = (f.steps, f.batch);
     let (before, rest) = adjoints.split_at_mut(i);
     let g = &rest[0][..steps[i].shape.len(batch)];
-    let val = |j: usize| value(steps, values, args, batch, j);
+    let val = |j: usize| value(f, values, j);
     let dims = |j: usize| dims2(steps, batch, j);
     let needs = |j: usize| steps[j].needs_grad;
     // The adjoint buffer of an operand, at this batch size.
@@ -368,9 +418,18 @@ fn backward_step<T: Float>(
                 }
             }
         }
-        Op::MatMul { a, b, ta, tb } => {
+        Op::MatMul { a, b, ta, tb } | Op::Affine { a, b, ta, tb, .. } => {
             let (m, k, n) = matmul_dims(steps, batch, a, b, ta, tb);
             let op = |data, transposed| Operand { data, transposed };
+            if let Op::Affine { bias, .. } = steps[i].op {
+                if needs(bias) && n > 0 {
+                    // The bias was added to every row: its gradient sums G's rows.
+                    let d = adj!(bias);
+                    for row in g.chunks_exact(n) {
+                        d.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
+                    }
+                }
+            }
             if needs(a) {
                 // d op(A) = G op(B)ᵀ; stored transposed when `ta`.
                 if ta {

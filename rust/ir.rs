@@ -92,6 +92,16 @@ pub enum Op {
         ta: bool,
         tb: bool,
     },
+    /// `op(a) @ op(b) + bias`, with `bias` a row (1, n) added to every row: made by
+    /// `Program::compile` from a matrix product whose only reader adds a bias, so the product is
+    /// computed into a buffer that starts as the bias and the sum is never a separate pass.
+    Affine {
+        a: NodeId,
+        b: NodeId,
+        ta: bool,
+        tb: bool,
+        bias: NodeId,
+    },
     Transpose(NodeId),
     /// Same elements, new shape.
     Reshape(NodeId),
@@ -115,16 +125,17 @@ pub enum Op {
 }
 
 impl Op {
-    /// The nodes this op reads (at most two).
-    pub fn inputs(&self) -> ([NodeId; 2], usize) {
+    /// The nodes this op reads (at most three).
+    pub fn inputs(&self) -> ([NodeId; 3], usize) {
         match *self {
-            Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => ([0, 0], 0),
+            Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => ([0, 0, 0], 0),
             Op::Unary(_, x) | Op::Transpose(x) | Op::Reshape(x) | Op::Reduce(_, _, x) => {
-                ([x, 0], 1)
+                ([x, 0, 0], 1)
             }
-            Op::Softmax { x, .. } | Op::Slice { x, .. } => ([x, 0], 1),
-            Op::Binary(_, a, b) | Op::MatMul { a, b, .. } => ([a, b], 2),
-            Op::TakeAlongRows { x, index } => ([x, index], 2),
+            Op::Softmax { x, .. } | Op::Slice { x, .. } => ([x, 0, 0], 1),
+            Op::Binary(_, a, b) | Op::MatMul { a, b, .. } => ([a, b, 0], 2),
+            Op::TakeAlongRows { x, index } => ([x, index, 0], 2),
+            Op::Affine { a, b, bias, .. } => ([a, b, bias], 3),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod kernels;
 pub mod parallel;
 mod program;
 mod shape;
+mod tiling;
 
 pub use error::{Error, ErrorKind, Result};
 pub use float::Float;

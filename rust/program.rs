@@ -2,8 +2,9 @@
 //! buffer the replays will use, allocated here (and grown only when a larger batch arrives).
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::ir::{Graph, NodeId, Op};
-use crate::shape::Shape;
+use crate::ir::{BinaryOp, Graph, NodeId, Op};
+use crate::shape::{Dim, Shape};
+use crate::tiling::{TilePlan, TileTask};
 
 /// One scheduled node: its op (reading earlier steps) and its shape.
 #[derive(Clone, Debug)]
@@ -12,6 +13,21 @@ pub(crate) struct Step {
     pub shape: Shape,
     /// The step reads a wrt argument, directly or not, so the reverse sweep visits it.
     pub needs_grad: bool,
+    /// When a batch-tiled replay computes it (see `tiling.rs`).
+    pub phase: Phase,
+}
+
+/// When a batch-tiled replay computes a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Once, before the tiles: does not depend on the batch (parameters, weight slices).
+    Pre,
+    /// Tile by tile: batched, and row i depends only on row i of its batched operands.
+    Tile,
+    /// A sum or mean over the batch: accumulated from the tiles' partial results.
+    Reduce,
+    /// Once, after the tiles: unbatched, computed from `Reduce` results (the loss).
+    Post,
 }
 
 /// A compiled program: replay it with `eval`, `value_and_grad` and `vjp` (see `exec.rs`).
@@ -33,6 +49,13 @@ pub struct Program<T: Float> {
     pub(crate) gemm_workspace: Vec<T>,
     pub(crate) workspace_batch: usize,
     pub(crate) workspace_threads: usize,
+    /// How batches are tiled, if the program allows it (`tiling.rs`).
+    pub(crate) tiling: Option<TilePlan>,
+    pub(crate) tile_tasks: Vec<TileTask<T>>,
+    /// Per step: its weight operand transposed for the tiles (see `tiling.rs`); mostly empty.
+    pub(crate) b_transposed: Vec<Vec<T>>,
+    /// The largest batch the tiled replays' whole-batch buffers hold.
+    pub(crate) tiled_capacity: usize,
 }
 
 impl<T: Float> Program<T> {
@@ -54,12 +77,13 @@ impl<T: Float> Program<T> {
             }
         }
 
+        let ops = fuse_bias_adds(graph, output);
         // Live nodes: those the output depends on. Node order is already topological.
         let mut live = vec![false; output + 1];
         live[output] = true;
         for id in (0..=output).rev() {
             if live[id] {
-                let (ins, n) = graph.node(id).op.inputs();
+                let (ins, n) = ops[id].inputs();
                 ins[..n].iter().for_each(|&j| live[j] = true);
             }
         }
@@ -68,7 +92,7 @@ impl<T: Float> Program<T> {
         let mut arg_steps = vec![None; graph.n_inputs()];
         for id in (0..=output).filter(|&id| live[id]) {
             let node = graph.node(id);
-            let op = remap(&node.op, &step_of);
+            let op = remap(&ops[id], &step_of);
             let needs_grad = match op {
                 Op::Input(k) => wrt.contains(&k),
                 // Indices are not differentiable.
@@ -86,8 +110,10 @@ impl<T: Float> Program<T> {
                 op,
                 shape: node.shape,
                 needs_grad,
+                phase: Phase::Pre, // set by `tiling::plan`
             });
         }
+        let tiling = crate::tiling::plan(&mut steps, std::mem::size_of::<T>());
         // Input shapes come from the graph, including arguments the output does not read.
         let arg_shapes = graph
             .nodes()
@@ -120,6 +146,7 @@ impl<T: Float> Program<T> {
                 }
             })
             .collect();
+        let steps_len = steps.len();
         Ok(Program {
             output: steps.len() - 1,
             steps,
@@ -132,6 +159,10 @@ impl<T: Float> Program<T> {
             gemm_workspace: Vec::new(),
             workspace_batch: 0,
             workspace_threads: 0,
+            tiling,
+            tile_tasks: Vec::new(),
+            b_transposed: vec![Vec::new(); steps_len],
+            tiled_capacity: 0,
         })
     }
 
@@ -145,6 +176,15 @@ impl<T: Float> Program<T> {
     /// The arguments gradients are taken with respect to, in the order gradients are returned.
     pub fn wrt(&self) -> &[usize] {
         &self.wrt
+    }
+    /// Rows per tile when batches of at least twice this many rows are replayed tile by tile
+    /// (`tiling.rs`); `None` when the program is not row-local in its batch.
+    pub fn tile_rows(&self) -> Option<usize> {
+        self.tiling.as_ref().map(|p| p.rows)
+    }
+    /// Whether gradients are tiled too (else only values are).
+    pub fn tiles_gradient(&self) -> bool {
+        self.tiling.as_ref().is_some_and(|p| p.grad_in_one_pass)
     }
     /// Number of steps in the schedule (live nodes).
     pub fn len(&self) -> usize {
@@ -176,6 +216,35 @@ impl<T: Float> Program<T> {
     }
 }
 
+/// The graph's ops up to `output`, with each `matmul + row bias` whose product has no other
+/// reader turned into one `Op::Affine` (the product node is then dead).
+fn fuse_bias_adds(graph: &Graph, output: NodeId) -> Vec<Op> {
+    let mut ops: Vec<Op> = (0..=output).map(|id| graph.node(id).op.clone()).collect();
+    let mut readers = vec![0usize; output + 1];
+    readers[output] += 1;
+    for op in &ops {
+        let (ins, n) = op.inputs();
+        ins[..n].iter().for_each(|&j| readers[j] += 1);
+    }
+    for id in 0..=output {
+        let Op::Binary(BinaryOp::Add, x, y) = ops[id] else {
+            continue;
+        };
+        for (mm, bias) in [(x, y), (y, x)] {
+            let Op::MatMul { a, b, ta, tb } = ops[mm] else {
+                continue;
+            };
+            let (ms, bs) = (graph.node(mm).shape, graph.node(bias).shape);
+            let row = bs.as_2d() == [Dim::Fixed(1), ms.as_2d()[1]];
+            if readers[mm] == 1 && ms.rank() == 2 && ms == graph.node(id).shape && row {
+                ops[id] = Op::Affine { a, b, ta, tb, bias };
+                break;
+            }
+        }
+    }
+    ops
+}
+
 fn remap(op: &Op, step_of: &[usize]) -> Op {
     let m = |id: NodeId| step_of[id];
     match *op {
@@ -187,6 +256,13 @@ fn remap(op: &Op, step_of: &[usize]) -> Op {
             b: m(b),
             ta,
             tb,
+        },
+        Op::Affine { a, b, ta, tb, bias } => Op::Affine {
+            a: m(a),
+            b: m(b),
+            ta,
+            tb,
+            bias: m(bias),
         },
         Op::Transpose(x) => Op::Transpose(m(x)),
         Op::Reshape(x) => Op::Reshape(m(x)),

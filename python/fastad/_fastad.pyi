@@ -53,6 +53,13 @@ class Program:
     def dtype(self) -> str: ...
     @property
     def num_ops(self) -> int: ...
+    @property
+    def tile_rows(self) -> Optional[int]:
+        """Rows per tile when batches of at least twice this size replay tile by tile; None if
+        the program is not row-local in its batch axis."""
+    @property
+    def tiles_gradient(self) -> bool:
+        """Whether gradients replay tile by tile too (the output is a sum or mean over the batch)."""
 
 def allocation_count() -> int:
     """Heap allocations made by the native extension since it was loaded, on all threads."""

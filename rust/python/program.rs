@@ -162,6 +162,23 @@ impl Program {
         }
     }
 
+    /// Rows per tile when a large batch is replayed tile by tile, else None (see the README).
+    #[getter]
+    fn tile_rows(&self) -> Option<usize> {
+        match &self.typed {
+            Typed::F32(p) => p.lock().unwrap().tile_rows(),
+            Typed::F64(p) => p.lock().unwrap().tile_rows(),
+        }
+    }
+    /// Whether the gradient is tiled too (the loss is a sum/mean over the batch).
+    #[getter]
+    fn tiles_gradient(&self) -> bool {
+        match &self.typed {
+            Typed::F32(p) => p.lock().unwrap().tiles_gradient(),
+            Typed::F64(p) => p.lock().unwrap().tiles_gradient(),
+        }
+    }
+
     fn __repr__(&self) -> String {
         let args: Vec<String> = self
             .arg_names
