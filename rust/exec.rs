@@ -6,7 +6,7 @@ use crate::ir::{Axis, Op};
 use crate::kernels::elementwise::{
     binary_backward, binary_forward, unary_backward, unary_forward, Broadcast, Side,
 };
-use crate::kernels::gemm::{gemm, workspace_len, Operand};
+use crate::kernels::gemm::{gemm, gemm_prepacked, workspace_len, Operand};
 use crate::kernels::reduce::{
     reduce_backward, reduce_forward, softmax_backward, softmax_forward, Lanes,
 };
@@ -244,9 +244,10 @@ pub(crate) struct Frame<'a, T> {
     pub args: &'a [&'a [T]],
     pub batch: usize,
     pub shared: Option<&'a [Vec<T>]>,
-    /// In a tiled replay: for a product step i, its B operand transposed once before the tiles
-    /// (empty when not), so every tile's product reads B in place instead of packing it.
-    pub b_transposed: Option<&'a [Vec<T>]>,
+    /// In a tiled replay: for a product step i, its weight operand op(B) packed once before the
+    /// tiles (empty when not), and op(B)ᵀ for the reverse sweep, so tiles do not pack it again.
+    pub b_packed: Option<&'a [Vec<T>]>,
+    pub bt_packed: Option<&'a [Vec<T>]>,
 }
 
 impl<'a, T> Frame<'a, T> {
@@ -256,7 +257,8 @@ impl<'a, T> Frame<'a, T> {
             args,
             batch,
             shared: None,
-            b_transposed: None,
+            b_packed: None,
+            bt_packed: None,
         }
     }
 }
@@ -275,6 +277,11 @@ pub(crate) fn value<'v, T>(f: &Frame<'v, T>, values: &'v [Vec<T>], j: usize) -> 
         Op::Constant(_) => &table[j][..1],
         _ => &table[j][..s.shape.len(f.batch)],
     }
+}
+
+/// Step i's packed weight in a tiled replay's table, if there is one.
+fn prepacked<'a, T>(table: Option<&'a [Vec<T>]>, i: usize) -> Option<&'a [T]> {
+    table.map(|t| &t[i][..]).filter(|p| !p.is_empty())
 }
 
 fn dims2(steps: &[Step], batch: usize, j: usize) -> (usize, usize) {
@@ -349,10 +356,6 @@ pub(crate) fn forward_step<T: Float>(
         Op::MatMul { a, b, ta, tb } | Op::Affine { a, b, ta, tb, .. } => {
             let (m, k, n) = matmul_dims(steps, batch, a, b, ta, tb);
             let op = |data, transposed| Operand { data, transposed };
-            let b_op = match f.b_transposed.map(|t| &t[i][..]) {
-                Some(t) if !t.is_empty() => op(t, !tb),
-                _ => op(val(b), tb),
-            };
             let accumulate = if let Op::Affine { bias, .. } = steps[i].op {
                 if n > 0 {
                     let bias = val(bias);
@@ -363,7 +366,10 @@ pub(crate) fn forward_step<T: Float>(
             } else {
                 false
             };
-            gemm(m, n, k, op(val(a), ta), b_op, out, accumulate, ws);
+            match prepacked(f.b_packed, i) {
+                Some(p) => gemm_prepacked(m, n, k, op(val(a), ta), p, out, accumulate, ws),
+                None => gemm(m, n, k, op(val(a), ta), op(val(b), tb), out, accumulate, ws),
+            }
         }
         Op::Transpose(x) => {
             let ((r, c), x) = (dims(x), val(x));
@@ -434,6 +440,8 @@ pub(crate) fn backward_step<T: Float>(
                 // d op(A) = G op(B)ᵀ; stored transposed when `ta`.
                 if ta {
                     gemm(k, m, n, op(val(b), tb), op(g, true), adj!(a), true, ws);
+                } else if let Some(p) = prepacked(f.bt_packed, i) {
+                    gemm_prepacked(m, k, n, op(g, false), p, adj!(a), true, ws);
                 } else {
                     gemm(m, k, n, op(g, false), op(val(b), !tb), adj!(a), true, ws);
                 }

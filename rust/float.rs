@@ -19,6 +19,8 @@ pub trait Float:
     fn to_f64(self) -> f64;
     /// e^x by `kernels::vmath`: vectorises in a loop, unlike `exp` (a libm call).
     fn vexp(self) -> Self;
+    /// tanh by `kernels::vmath`, likewise.
+    fn vtanh(self) -> Self;
 }
 
 impl Float for f32 {
@@ -35,6 +37,10 @@ impl Float for f32 {
     fn vexp(self) -> Self {
         crate::kernels::vmath::exp_f32(self)
     }
+    #[inline(always)]
+    fn vtanh(self) -> Self {
+        crate::kernels::vmath::tanh_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -50,5 +56,9 @@ impl Float for f64 {
     #[inline(always)]
     fn vexp(self) -> Self {
         crate::kernels::vmath::exp_f64(self)
+    }
+    #[inline(always)]
+    fn vtanh(self) -> Self {
+        crate::kernels::vmath::tanh_f64(self)
     }
 }

@@ -52,8 +52,10 @@ pub struct Program<T: Float> {
     /// How batches are tiled, if the program allows it (`tiling.rs`).
     pub(crate) tiling: Option<TilePlan>,
     pub(crate) tile_tasks: Vec<TileTask<T>>,
-    /// Per step: its weight operand transposed for the tiles (see `tiling.rs`); mostly empty.
-    pub(crate) b_transposed: Vec<Vec<T>>,
+    /// Per step: its weight operand packed for the tiles' products, forward and reverse (see
+    /// `tiling.rs`); empty for most steps.
+    pub(crate) b_packed: Vec<Vec<T>>,
+    pub(crate) bt_packed: Vec<Vec<T>>,
     /// The largest batch the tiled replays' whole-batch buffers hold.
     pub(crate) tiled_capacity: usize,
 }
@@ -161,7 +163,8 @@ impl<T: Float> Program<T> {
             workspace_threads: 0,
             tiling,
             tile_tasks: Vec::new(),
-            b_transposed: vec![Vec::new(); steps_len],
+            b_packed: vec![Vec::new(); steps_len],
+            bt_packed: vec![Vec::new(); steps_len],
             tiled_capacity: 0,
         })
     }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::exec::{backward_step, forward_step, Frame};
 use crate::float::Float;
 use crate::ir::{Axis, BinaryOp, Op, ReduceOp, UnaryOp};
-use crate::kernels::gemm::workspace_len;
+use crate::kernels::gemm::{pack_whole_b, packed_b_len, workspace_len, Operand};
 use crate::kernels::SharedMut;
 use crate::program::{Phase, Program, Step};
 use crate::shape::{Dim, Shape};
@@ -250,29 +250,31 @@ impl<T: Float> Program<T> {
         }
     }
 
-    /// Products in the tiles whose B is a weight read transposed (`x @ W.T`, W (n, k)): W is
-    /// transposed once here, so each tile reads B in place rather than packing W again.
-    fn transpose_b_operands(&mut self, args: &[&[T]]) {
+    /// Packs the weight operand of every product in the tiles once per replay, for the forward
+    /// product (op(B)) and, when the tile's input needs a gradient, the reverse one (op(B)ᵀ),
+    /// so the tiles' products read it packed instead of each packing it again.
+    fn pack_weights(&mut self, args: &[&[T]]) {
         for (i, s) in self.steps.iter().enumerate() {
-            let (Phase::Tile, &Op::MatMul { b, tb: true, .. } | &Op::Affine { b, tb: true, .. }) =
+            let (Phase::Tile, &Op::MatMul { a, b, ta, tb } | &Op::Affine { a, b, ta, tb, .. }) =
                 (s.phase, &s.op)
             else {
                 continue;
             };
-            let bs = &self.steps[b];
-            if bs.phase != Phase::Pre || bs.shape.rank() != 2 {
+            if self.steps[b].phase != Phase::Pre {
                 continue;
             }
-            let (rows, cols) = bs.shape.resolve(0).as_2d();
-            let src = crate::exec::value(&Frame::new(&self.steps, args, 0), &self.values, b);
-            if self.b_transposed[i].len() != rows * cols {
-                self.b_transposed[i].resize(rows * cols, T::zero()); // first replay only
-            }
-            let dst = &mut self.b_transposed[i];
-            for r in 0..rows {
-                for c in 0..cols {
-                    dst[c * rows + r] = src[r * cols + c];
+            let (_, k, n) = crate::exec::matmul_dims(&self.steps, 0, a, b, ta, tb);
+            let data = crate::exec::value(&Frame::new(&self.steps, args, 0), &self.values, b);
+            let fill = |dst: &mut Vec<T>, k, n, transposed| {
+                let len = packed_b_len::<T>(k, n);
+                if dst.len() != len {
+                    dst.resize(len, T::zero()); // first replay only
                 }
+                pack_whole_b(k, n, Operand { data, transposed }, dst);
+            };
+            fill(&mut self.b_packed[i], k, n, tb);
+            if self.steps[a].needs_grad {
+                fill(&mut self.bt_packed[i], n, k, !tb);
             }
         }
     }
@@ -300,7 +302,7 @@ impl<T: Float> Program<T> {
                 forward_step(&f, &mut self.values, i, &mut self.gemm_workspace)?;
             }
         }
-        self.transpose_b_operands(args);
+        self.pack_weights(args);
         if reverse.is_some() {
             for (s, adj) in self.steps.iter().zip(self.adjoints.iter_mut()) {
                 if s.needs_grad && s.phase != Phase::Tile {
@@ -345,7 +347,7 @@ impl<T: Float> Program<T> {
                 .collect();
             let tasks_ptr = SharedMut::new(&mut self.tile_tasks[..tasks]);
             let (steps, values, adjoints) = (&self.steps, &self.values, &self.adjoints);
-            let b_transposed = &self.b_transposed;
+            let (b_packed, bt_packed) = (&self.b_packed, &self.bt_packed);
             let arg_shapes = &self.arg_shapes;
             let run_task = |t: usize| {
                 // SAFETY: task t alone uses tile_tasks[t].
@@ -381,7 +383,8 @@ impl<T: Float> Program<T> {
                         args: &tile_args,
                         batch: n,
                         shared: Some(values),
-                        b_transposed: Some(b_transposed),
+                        b_packed: Some(b_packed),
+                        bt_packed: Some(bt_packed),
                     };
                     if let Err(e) = tile_sweeps(
                         &f,

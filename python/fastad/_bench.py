@@ -85,20 +85,136 @@ def eam_rows(n: int, peers: bool) -> List[Tuple[str, float]]:
     return [(name, median_seconds(fn)) for name, fn in cases]
 
 
+def _seed000_weights(rng: np.random.Generator):
+    """Seed 000's network: randn weights and biases, 1 → 1000 → 20 → 1, identity activations."""
+    sizes = [1, 1000, 20, 1]
+    return [(rng.standard_normal((o, i)), rng.standard_normal(o)) for i, o in zip(sizes, sizes[1:])]
+
+
+def seed000_rows(peers: bool) -> List[Tuple[str, float]]:
+    """Seed 000: sum of squares of a 1→1000→20→1 network's outputs on 10,000 inputs, float64."""
+    weights = _seed000_weights(np.random.default_rng(0))
+    model = fa.Chain(*[fa.Dense(W.shape[1], W.shape[0], weight=W, bias=b) for W, b in weights])
+    X = np.linspace(-1, 1, 10_000)[:, None]
+    Y, g = np.empty((10_000, 1)), np.empty(model.n_params)
+
+    def numpy_forward():
+        h = X
+        for W, b in weights:
+            h = h @ W.T + b
+        return np.sum(h * h)
+
+    cases = [
+        ("NumPy forward (primal)", numpy_forward),
+        ("fastad forward model(X, out=Y)", lambda: model(X, out=Y)),
+        ("fastad value_and_grad(X, out=g)", lambda: model.value_and_grad(X, loss="sse", out=g)),
+    ]
+    if peers:
+        cases += _seed000_jax(weights, X) + _seed000_torch(weights, X)
+    return [(name, median_seconds(fn, repeat=5)) for name, fn in cases]
+
+
+def _seed000_jax(weights, X):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return []
+    jax.config.update("jax_enable_x64", True)
+
+    def loss(params, x):
+        h = x
+        for W, b in params:
+            h = h @ W.T + b
+        return jnp.sum(h * h)
+
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in weights]
+    x = jnp.asarray(X)
+    fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
+    return [("JAX jit forward", lambda: jax.block_until_ready(fwd(params, x))),
+            ("JAX jit(grad)", lambda: jax.block_until_ready(grad(params, x)))]
+
+
+def _seed000_torch(weights, X):
+    try:
+        import torch
+    except ImportError:
+        return []
+    params = [(torch.tensor(W, requires_grad=True), torch.tensor(b, requires_grad=True))
+              for W, b in weights]
+    x = torch.tensor(X)
+
+    def loss():
+        h = x
+        for W, b in params:
+            h = torch.addmm(b, h, W.T)
+        return (h * h).sum()
+
+    def grad():
+        for W, b in params:
+            W.grad = b.grad = None
+        loss().backward()
+
+    def forward():
+        with torch.no_grad():
+            return loss()
+
+    return [("PyTorch forward", forward), ("PyTorch backward", grad)]
+
+
+def wide_rows(peers: bool) -> List[Tuple[str, float, float]]:
+    """Issue 3's wide layers: 512 → 512 → 512 with tanh, N = 4096, float32, as GFLOP/s beside
+    the GEMM peak of a large square product through the same kernel. Rows: (name, s, GFLOP)."""
+    n, w = 4096, 512
+    model = fa.Chain(fa.Dense(w, w, "tanh"), fa.Dense(w, w, "tanh"), dtype=np.float32, seed=0)
+    X = np.random.default_rng(0).standard_normal((n, w)).astype(np.float32)
+    Y, g = np.empty((n, w), np.float32), np.empty(model.n_params, np.float32)
+    gemm = 2.0 * n * w * w * 1e-9  # one layer's product, GFLOP
+    m = 2048
+    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
+    square = fa.compile(lambda a, b: a @ b, A, A)
+    C = np.empty((m, m), np.float32)
+    return [
+        (f"fastad GEMM {m}×{m}×{m} (the peak)", median_seconds(lambda: square(A, A, out=C)),
+         2.0 * m**3 * 1e-9),
+        ("fastad forward (2 products)", median_seconds(lambda: model(X, out=Y)), 2 * gemm),
+        # The reverse sweep: both weight gradients and the first layer's input gradient.
+        ("fastad value_and_grad (5 products)",
+         median_seconds(lambda: model.value_and_grad(X, loss="sse", out=g)), 5 * gemm),
+    ]
+
+
 def _fmt(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:9.2f} µs"
     return f"{seconds * 1e3:9.2f} ms"
 
 
+def _table(title: str, rows: List[Tuple[str, float]], base: str) -> None:
+    print(title)
+    print(f"  {'':36s} {'median':>12s}   {base:>16s}")
+    t0 = rows[0][1]
+    for name, t in rows:
+        print(f"  {name:36s} {_fmt(t)}   {t / t0:15.2f}×")
+    print()
+
+
 def run(peers: bool = True, sizes: Optional[List[int]] = None) -> None:
-    """Prints the seed workloads' table: median time per call and the ratio to NumPy's primal."""
-    print(f"fastad {fa.__version__} — {fa.get_num_threads()} threads; medians of 7 runs\n")
+    """Prints the seed workloads' table: median time per call and ratios, peers in the same run."""
+    print(f"fastad {fa.__version__} — {fa.get_num_threads()} threads; medians\n")
     for n in sizes or [100, 10_000]:
-        rows = eam_rows(n, peers)
-        base = rows[0][1]
-        print(f"Seed 003, EAM f(x) = ρ² + ρ³ + ρ⁴/4, x ∈ R^{n}, float64")
-        print(f"  {'':34s} {'median':>12s}   {'÷ NumPy value':>13s}")
-        for name, t in rows:
-            print(f"  {name:34s} {_fmt(t)}   {t / base:12.2f}×")
-        print()
+        _table(f"Seed 003, EAM f(x) = ρ² + ρ³ + ρ⁴/4, x ∈ R^{n}, float64", eam_rows(n, peers),
+               "÷ NumPy value")
+    rows = seed000_rows(peers)
+    _table("Seed 000, sum of squares of a 1→1000→20→1 network on N = 10,000, float64", rows,
+           "÷ NumPy forward")
+    t = dict(rows)
+    print(f"  fastad gradient ÷ fastad forward: "
+          f"{t['fastad value_and_grad(X, out=g)'] / t['fastad forward model(X, out=Y)']:.2f}×\n")
+    wide = wide_rows(peers)
+    print("Wide layers: 512 → 512 → 512, tanh, N = 4096, float32")
+    print(f"  {'':36s} {'median':>12s}   {'GFLOP/s':>9s}   {'÷ GEMM peak':>11s}")
+    peak = wide[0][2] / wide[0][1]
+    for name, sec, gflop in wide:
+        print(f"  {name:36s} {_fmt(sec)}   {gflop / sec:9.1f}   {gflop / sec / peak:10.0%}")
+    print()

@@ -25,9 +25,16 @@ fn softplus<T: Float>(x: T) -> T {
 pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
     fn map<T: Float>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
         for_chunks_mut(y, |r, y| {
+            let x = &x[r];
+            // An index loop, not iterator adaptors: an adaptor left out of line would not be
+            // compiled for the wider instruction set.
             dispatch(
                 #[inline(always)]
-                || y.iter_mut().zip(&x[r]).for_each(|(y, &x)| *y = f(x)),
+                || {
+                    for i in 0..y.len() {
+                        y[i] = f(x[i]);
+                    }
+                },
             )
         });
     }
@@ -40,7 +47,7 @@ pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
         UnaryOp::Expm1 => map(x, y, |v| v.exp_m1()),
         UnaryOp::Sqrt => map(x, y, |v| v.sqrt()),
         UnaryOp::Abs => map(x, y, |v| v.abs()),
-        UnaryOp::Tanh => map(x, y, |v| v.tanh()),
+        UnaryOp::Tanh => map(x, y, |v| v.vtanh()),
         UnaryOp::Sigmoid => map(x, y, sigmoid),
         // `v.max(0)` would turn NaN into 0; NaN must propagate.
         UnaryOp::Relu => map(x, y, |v| if v < zero { zero } else { v }),

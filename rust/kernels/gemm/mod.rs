@@ -118,11 +118,85 @@ fn gemm_at<T: Float>(
             a: b.transposed(),
             b: a.transposed(),
             c: c.transposed(),
+            prepacked_b: std::ptr::null(),
         }
     } else {
-        Problem { m, n, k, a, b, c }
+        Problem {
+            m,
+            n,
+            k,
+            a,
+            b,
+            c,
+            prepacked_b: std::ptr::null(),
+        }
     };
     // SAFETY: the views cover the slices checked above.
+    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+}
+
+/// Elements `pack_whole_b` writes for a (k × n) B.
+pub fn packed_b_len<T: Float>(k: usize, n: usize) -> usize {
+    k * n.next_multiple_of(T::tile_shape(simd::level()).1)
+}
+
+/// Packs all of op(B) (k × n) in the order `gemm_prepacked` reads it, so products that share
+/// one B (every tile of a batch times a weight matrix) pack it once, not once each.
+pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) {
+    let nr = T::tile_shape(simd::level()).1;
+    assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
+    let view = b.view(k, n);
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let at = jc * k + pc * nc.next_multiple_of(nr);
+            // SAFETY: the view covers b.data, checked above.
+            unsafe { pack(view.at(pc, jc).transposed(), nc, kc, nr, &mut dst[at..]) };
+        }
+    }
+}
+
+/// `gemm` with op(B) packed beforehand by `pack_whole_b` (on this CPU, for these k and n).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_prepacked<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<T>,
+    packed_b: &[T],
+    c: &mut [T],
+    accumulate: bool,
+    workspace: &mut [T],
+) {
+    assert!(a.data.len() >= m * k && packed_b.len() >= packed_b_len::<T>(k, n));
+    assert!(c.len() >= m * n);
+    if m == 0 || n == 0 || k == 0 {
+        if k == 0 && !accumulate {
+            c[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    let level = simd::level();
+    let (mr, nr) = T::tile_shape(level);
+    let problem = Problem {
+        m,
+        n,
+        k,
+        a: a.view(m, k),
+        b: View {
+            ptr: packed_b.as_ptr(),
+            row_stride: 0,
+            col_stride: 0,
+        },
+        c: Out {
+            ptr: c.as_mut_ptr(),
+            row_stride: n,
+            col_stride: 1,
+        },
+        prepacked_b: packed_b.as_ptr(),
+    };
+    // SAFETY: the operands cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
 }
 
@@ -154,7 +228,12 @@ struct Problem<T> {
     a: View<T>,
     b: View<T>,
     c: Out<T>,
+    /// B already packed whole by `pack_whole_b` (null: pack or read B as the product goes).
+    prepacked_b: *const T,
 }
+
+// SAFETY: a Problem only reads A and B (and the prepacked B) and writes disjoint tiles of C.
+unsafe impl<T: Sync> Sync for Problem<T> {}
 
 impl<T: Float> Problem<T> {
     unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
@@ -173,7 +252,9 @@ impl<T: Float> Problem<T> {
         // Packing a block pays when the block is reused: B's by every sliver of A, A's by
         // every panel of B. Otherwise the kernel reads the operand in place (B only when its
         // rows are contiguous); only a ragged edge sliver or panel is packed, to pad it.
-        let pack_b = self.b.col_stride != 1 || m.div_ceil(mr) > REUSE_TO_PACK;
+        let prepacked = self.prepacked_b;
+        let pack_b =
+            !prepacked.is_null() || self.b.col_stride != 1 || m.div_ceil(mr) > REUSE_TO_PACK;
         // Rows per block: at most MC, in a number of blocks the threads share evenly.
         let mc = m
             .div_ceil(m.div_ceil(MC).next_multiple_of(threads))
@@ -185,15 +266,23 @@ impl<T: Float> Problem<T> {
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
                 let b_block = &mut b_pack[..kc * nc.next_multiple_of(nr)];
-                if pack_b {
+                let b_block: &[T] = if !prepacked.is_null() {
+                    // SAFETY: `pack_whole_b` laid out every block, at this offset.
+                    let at = prepacked.add(jc * k + pc * nc.next_multiple_of(nr));
+                    std::slice::from_raw_parts(at, kc * nc.next_multiple_of(nr))
+                } else if pack_b {
                     // Panels of nr columns are slivers of Bᵀ. One thread packs: splitting
                     // this over threads measured slower (2 threads, 1024³ f64: 0.6×).
                     pack(self.b.at(pc, jc).transposed(), nc, kc, nr, b_block);
-                } else if nc % nr != 0 {
-                    let j0 = (panels - 1) * nr;
-                    let edge = self.b.at(pc, jc + j0).transposed();
-                    pack(edge, nc - j0, kc, nr, b_block);
-                }
+                    b_block
+                } else {
+                    if nc % nr != 0 {
+                        let j0 = (panels - 1) * nr;
+                        let edge = self.b.at(pc, jc + j0).transposed();
+                        pack(edge, nc - j0, kc, nr, b_block);
+                    }
+                    b_block
+                };
                 let block = Block {
                     jc,
                     nc,
@@ -438,6 +527,27 @@ mod tests {
         for &(m, n, k) in SHAPES {
             for threads in [1, 2, 3] {
                 check::<f64>(m, n, k, threads, 1e-13);
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_b_gives_the_same_product() {
+        crate::parallel::set_num_threads(2);
+        for &(m, n, k) in SHAPES {
+            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let mut ws = vec![0.0; workspace_len(m, n, k, 2)];
+            for tb in [false, true] {
+                let want = reference(m, n, k, &a, false, &b, tb);
+                let mut packed = vec![f64::NAN; packed_b_len::<f64>(k, n)];
+                let op = |data, transposed| Operand { data, transposed };
+                pack_whole_b(k, n, op(&b, tb), &mut packed);
+                let mut c = vec![f64::NAN; m * n];
+                gemm_prepacked(m, n, k, op(&a, false), &packed, &mut c, false, &mut ws);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (k as f64).sqrt());
+                }
             }
         }
     }
