@@ -61,8 +61,11 @@ impl<T: Float> Program<T> {
     pub fn eval(&mut self, args: &[&[T]], out: &mut [T]) -> Result<()> {
         let batch = self.batch_size(args)?;
         check_len("out", out.len(), self.output_shape(), batch)?;
+        if self.runs_tiled(batch, false) && self.writes_output_directly() {
+            return self.run_tiled(args, batch, None, Some(out));
+        }
         if self.runs_tiled(batch, false) {
-            self.run_tiled(args, batch, None)?;
+            self.run_tiled(args, batch, None, None)?;
         } else {
             self.forward(args, batch)?;
         }
@@ -83,7 +86,7 @@ impl<T: Float> Program<T> {
         let batch = self.batch_size(args)?;
         self.check_grads(grads, batch)?;
         if self.runs_tiled(batch, true) {
-            self.run_tiled(args, batch, Some(None))?;
+            self.run_tiled(args, batch, Some(None), None)?;
         } else {
             self.forward(args, batch)?;
             self.backward(args, batch, None);
@@ -108,7 +111,7 @@ impl<T: Float> Program<T> {
         }
         self.check_grads(grads, batch)?;
         if self.runs_tiled(batch, true) {
-            self.run_tiled(args, batch, Some(Some(cotangent)))?;
+            self.run_tiled(args, batch, Some(Some(cotangent)), None)?;
         } else {
             self.forward(args, batch)?;
             self.backward(args, batch, Some(cotangent));
@@ -280,7 +283,7 @@ pub(crate) fn value<'v, T>(f: &Frame<'v, T>, values: &'v [Vec<T>], j: usize) -> 
 }
 
 /// Step i's packed weight in a tiled replay's table, if there is one.
-fn prepacked<'a, T>(table: Option<&'a [Vec<T>]>, i: usize) -> Option<&'a [T]> {
+fn prepacked<T>(table: Option<&[Vec<T>]>, i: usize) -> Option<&[T]> {
     table.map(|t| &t[i][..]).filter(|p| !p.is_empty())
 }
 

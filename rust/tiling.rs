@@ -184,6 +184,18 @@ fn reduce_weight(op: &Op, rows: usize, batch: usize) -> f64 {
 }
 
 impl<T: Float> Program<T> {
+    /// Whether a tiled replay can write a batched output straight into the caller's array:
+    /// only when no step can fail midway (class labels are checked as the tiles go), so an
+    /// error never leaves the caller's array half-written.
+    pub(crate) fn writes_output_directly(&self) -> bool {
+        self.steps[self.output].phase == Phase::Tile
+            && !matches!(self.steps[self.output].op, Op::Input(_))
+            && !self
+                .steps
+                .iter()
+                .any(|s| matches!(s.op, Op::TakeAlongRows { .. }))
+    }
+
     /// Whether a replay at this batch size runs tiled (the gradient: `with_grad`).
     pub(crate) fn runs_tiled(&self, batch: usize, with_grad: bool) -> bool {
         self.tiling
@@ -281,12 +293,14 @@ impl<T: Float> Program<T> {
 
     /// A tiled replay: the forward sweep, and the reverse one when `reverse` is given (seeded
     /// with 1 for a scalar output, or with the cotangent). Values end up where the untiled
-    /// replay leaves them for `output_value`/`write_grads` to read.
+    /// replay leaves them for `output_value`/`write_grads` to read — except a batched output's
+    /// rows, which go straight to `direct_out` when given (see `writes_output_directly`).
     pub(crate) fn run_tiled(
         &mut self,
         args: &[&[T]],
         batch: usize,
         reverse: Option<Option<&[T]>>,
+        direct_out: Option<&mut [T]>,
     ) -> Result<()> {
         let rows = self.tiling.as_ref().expect("a tiled program").rows;
         let n_tiles = batch.div_ceil(rows);
@@ -340,7 +354,7 @@ impl<T: Float> Program<T> {
             }
         }
         {
-            let shared_out = SharedMut::new(&mut out_values);
+            let shared_out = SharedMut::new(direct_out.unwrap_or(&mut out_values));
             let shared_inputs: SmallVec<[(usize, SharedMut<T>); 4]> = input_adjoints
                 .iter_mut()
                 .map(|(i, v)| (*i, SharedMut::new(v)))
