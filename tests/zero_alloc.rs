@@ -9,7 +9,7 @@ use fastad::{Axis, BinaryOp, Graph, Program, ReduceOp, Shape, UnaryOp};
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-/// A batched layer: y = tanh(X Wᵀ + b), large enough to run on the worker threads.
+/// A batched layer: y = tanh(X Wᵀ + b); its replays are tiled and run on the worker threads.
 fn layer_graph() -> (Graph, usize, usize) {
     let mut g = Graph::new();
     let w = g.input(Shape::matrix(64, 32));
@@ -35,7 +35,13 @@ fn replays_allocate_nothing() {
     let (lg, y, loss) = layer_graph();
     let mut layer_loss = Program::<f32>::compile(&lg, loss, &[0, 1]).unwrap();
     let mut layer = Program::<f32>::compile(&lg, y, &[0, 2]).unwrap();
-    let n = 512;
+    // Large enough to replay tile by tile (two tiles or more, the last one ragged).
+    let n = 4100;
+    for p in [&layer_loss, &layer] {
+        assert!(p
+            .tile_rows()
+            .is_some_and(|rows| n >= 2 * rows && n % rows != 0));
+    }
     let w: Vec<f32> = (0..64 * 32).map(|i| (i as f32 * 0.01).sin()).collect();
     let b: Vec<f32> = vec![0.1; 64];
     let xs: Vec<f32> = (0..n * 32).map(|i| (i as f32 * 0.003).cos()).collect();
