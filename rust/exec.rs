@@ -201,7 +201,7 @@ impl<T: Float> Program<T> {
     /// Reverse sweep from the output, seeded with 1 (scalar output) or the cotangent.
     fn backward(&mut self, args: &[&[T]], batch: usize, cotangent: Option<&[T]>) {
         for (s, adj) in self.steps.iter().zip(self.adjoints.iter_mut()) {
-            if s.needs_grad {
+            if s.needs_grad && !s.first_write {
                 adj[..s.shape.len(batch)].fill(T::zero());
             }
         }
@@ -440,13 +440,15 @@ pub(crate) fn backward_step<T: Float>(
                 }
             }
             if needs(a) {
-                // d op(A) = G op(B)ᵀ; stored transposed when `ta`.
+                // d op(A) = G op(B)ᵀ; stored transposed when `ta`. Assigned when this is A's
+                // only reader (its adjoint was not zeroed).
+                let acc = !steps[a].first_write;
                 if ta {
-                    gemm(k, m, n, op(val(b), tb), op(g, true), adj!(a), true, ws);
+                    gemm(k, m, n, op(val(b), tb), op(g, true), adj!(a), acc, ws);
                 } else if let Some(p) = prepacked(f.bt_packed, i) {
-                    gemm_prepacked(m, k, n, op(g, false), p, adj!(a), true, ws);
+                    gemm_prepacked(m, k, n, op(g, false), p, adj!(a), acc, ws);
                 } else {
-                    gemm(m, k, n, op(g, false), op(val(b), !tb), adj!(a), true, ws);
+                    gemm(m, k, n, op(g, false), op(val(b), !tb), adj!(a), acc, ws);
                 }
             }
             if needs(b) {

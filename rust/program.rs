@@ -15,6 +15,9 @@ pub(crate) struct Step {
     pub needs_grad: bool,
     /// When a batch-tiled replay computes it (see `tiling.rs`).
     pub phase: Phase,
+    /// Its adjoint is written whole by its one reader, a matrix product reading it as `a`:
+    /// that reader assigns instead of adding, and the adjoint is never zeroed first.
+    pub first_write: bool,
 }
 
 /// When a batch-tiled replay computes a step.
@@ -113,8 +116,10 @@ impl<T: Float> Program<T> {
                 shape: node.shape,
                 needs_grad,
                 phase: Phase::Pre, // set by `tiling::plan`
+                first_write: false,
             });
         }
+        mark_first_writes(&mut steps);
         let tiling = crate::tiling::plan(&mut steps, std::mem::size_of::<T>());
         // Input shapes come from the graph, including arguments the output does not read.
         let arg_shapes = graph
@@ -216,6 +221,24 @@ impl<T: Float> Program<T> {
             }
         }
         self.capacity = batch;
+    }
+}
+
+/// Sets `first_write` on the steps whose only reader is a matrix product reading them as its
+/// left operand (the product's reverse sweep then overwrites their whole adjoint).
+fn mark_first_writes(steps: &mut [Step]) {
+    let mut readers = vec![0usize; steps.len()];
+    readers[steps.len() - 1] += 1; // the output's adjoint is seeded
+    for s in steps.iter() {
+        let (ins, n) = s.op.inputs();
+        ins[..n].iter().for_each(|&j| readers[j] += 1);
+    }
+    for i in 0..steps.len() {
+        if let Op::MatMul { a, .. } | Op::Affine { a, .. } = steps[i].op {
+            if readers[a] == 1 && !matches!(steps[a].op, Op::Input(_)) {
+                steps[a].first_write = true;
+            }
+        }
     }
 }
 

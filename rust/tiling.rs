@@ -515,7 +515,7 @@ fn tile_sweeps<T: Float>(
         return Ok(());
     };
     for (s, a) in steps.iter().zip(task.adjoints.iter_mut()) {
-        if s.needs_grad && s.phase == Phase::Tile {
+        if s.needs_grad && s.phase == Phase::Tile && !s.first_write {
             a[..s.shape.len(n)].fill(T::zero());
         }
     }

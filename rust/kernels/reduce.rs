@@ -48,6 +48,13 @@ pub fn sum<T: Float>(x: &[T]) -> T {
     sum_of(x.len(), |i| x[i])
 }
 
+/// Σ x[i]·y[i], in the fixed order of `sum`.
+#[inline(always)]
+pub fn dot<T: Float>(x: &[T], y: &[T]) -> T {
+    let y = &y[..x.len()];
+    sum_of(x.len(), |i| x[i] * y[i])
+}
+
 /// Σ f(i) for i in 0..len, in the fixed order of `sum` (so a loop computing f vectorises too).
 #[inline(always)]
 fn sum_of<T: Float>(len: usize, f: impl Fn(usize) -> T) -> T {

@@ -99,6 +99,12 @@ fn gemm_at<T: Float>(
         return;
     }
     let (a, b) = (a.view(m, k), b.view(k, n));
+    if m == 1 || n == 1 {
+        // A matrix–vector product: the register-blocked kernel would pad 11 of its 12 rows.
+        // SAFETY: the views cover the slices checked above.
+        unsafe { gemv(m, n, k, a, b, &mut c[..m * n], accumulate) };
+        return;
+    }
     let c = Out {
         ptr: c.as_mut_ptr(),
         row_stride: n,
@@ -133,6 +139,53 @@ fn gemm_at<T: Float>(
     };
     // SAFETY: the views cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+}
+
+/// C (m×n) (+)= A B when m or n is 1. As a row, c (1×n') = a (1×k) B' with B' = B, or = Aᵀ and
+/// a = bᵀ when n = 1; then axpys along B's contiguous rows or dot products down its contiguous
+/// columns. (The register-blocked kernel would pad 11 of its 12 rows.)
+unsafe fn gemv<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View<T>,
+    b: View<T>,
+    c: &mut [T],
+    accumulate: bool,
+) {
+    let (a, b, len) = if m == 1 {
+        (a, b, n)
+    } else {
+        (b.transposed(), a.transposed(), m)
+    };
+    if !accumulate {
+        c.fill(T::zero());
+    }
+    let at = |v: View<T>, i: usize, j: usize| *v.ptr.add(i * v.row_stride + j * v.col_stride);
+    simd::dispatch(
+        #[inline(always)]
+        || {
+            if b.col_stride == 1 {
+                for p in 0..k {
+                    let ap = at(a, 0, p);
+                    let row = std::slice::from_raw_parts(b.ptr.add(p * b.row_stride), len);
+                    for j in 0..len {
+                        c[j] += ap * row[j];
+                    }
+                }
+            } else if b.row_stride == 1 && a.col_stride == 1 {
+                let x = std::slice::from_raw_parts(a.ptr, k);
+                for (j, c) in c.iter_mut().enumerate() {
+                    let col = std::slice::from_raw_parts(b.ptr.add(j * b.col_stride), k);
+                    *c += crate::kernels::reduce::dot(x, col);
+                }
+            } else {
+                for (j, c) in c.iter_mut().enumerate() {
+                    *c += (0..k).fold(T::zero(), |s, p| s + at(a, 0, p) * at(b, p, j));
+                }
+            }
+        },
+    )
 }
 
 /// Elements `pack_whole_b` writes for a (k × n) B.
