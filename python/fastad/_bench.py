@@ -82,7 +82,7 @@ def eam_rows(n: int, peers: bool) -> List[Tuple[str, float]]:
     ]
     if peers:
         cases += _peer_jax(n) + _peer_torch(n)
-    return [(name, median_seconds(fn)) for name, fn in cases]
+    return _timed(cases)
 
 
 def _seed000_weights(rng: np.random.Generator):
@@ -111,7 +111,15 @@ def seed000_rows(peers: bool) -> List[Tuple[str, float]]:
     ]
     if peers:
         cases += _seed000_jax(weights, X) + _seed000_torch(weights, X)
-    return [(name, median_seconds(fn, repeat=5)) for name, fn in cases]
+    return _timed(cases, repeat=9)
+
+
+def _timed(cases, repeat: int = 7) -> List[Tuple[str, float]]:
+    """Times the cases, fastad's first: NumPy's OpenBLAS threads spin for a while after a
+    product and would take the cores from fastad's threads. Returns them in the given order."""
+    order = sorted(range(len(cases)), key=lambda i: not cases[i][0].startswith("fastad"))
+    times = {i: median_seconds(cases[i][1], repeat=repeat) for i in order}
+    return [(cases[i][0], times[i]) for i in range(len(cases))]
 
 
 def _seed000_jax(weights, X):
@@ -164,19 +172,21 @@ def _seed000_torch(weights, X):
 
 def wide_rows(peers: bool) -> List[Tuple[str, float, float]]:
     """Issue 3's wide layers: 512 → 512 → 512 with tanh, N = 4096, float32, as GFLOP/s beside
-    the GEMM peak of a large square product through the same kernel. Rows: (name, s, GFLOP)."""
+    the GEMM peak (the better of two large square products through the same kernel).
+    Rows: (name, seconds, GFLOP)."""
     n, w = 4096, 512
     model = fa.Chain(fa.Dense(w, w, "tanh"), fa.Dense(w, w, "tanh"), dtype=np.float32, seed=0)
     X = np.random.default_rng(0).standard_normal((n, w)).astype(np.float32)
     Y, g = np.empty((n, w), np.float32), np.empty(model.n_params, np.float32)
     gemm = 2.0 * n * w * w * 1e-9  # one layer's product, GFLOP
-    m = 2048
-    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
-    square = fa.compile(lambda a, b: a @ b, A, A)
-    C = np.empty((m, m), np.float32)
-    return [
-        (f"fastad GEMM {m}×{m}×{m} (the peak)", median_seconds(lambda: square(A, A, out=C)),
-         2.0 * m**3 * 1e-9),
+    rows = []
+    for m in (1024, 2048):  # the peak: the better of two large square products
+        A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
+        square = fa.compile(lambda a, b: a @ b, A, A)
+        C = np.empty((m, m), np.float32)
+        rows.append((f"fastad GEMM {m}×{m}×{m}", median_seconds(lambda: square(A, A, out=C)),
+                     2.0 * m**3 * 1e-9))
+    return rows + [
         ("fastad forward (2 products)", median_seconds(lambda: model(X, out=Y)), 2 * gemm),
         # The reverse sweep: both weight gradients and the first layer's input gradient.
         ("fastad value_and_grad (5 products)",
@@ -214,7 +224,7 @@ def run(peers: bool = True, sizes: Optional[List[int]] = None) -> None:
     wide = wide_rows(peers)
     print("Wide layers: 512 → 512 → 512, tanh, N = 4096, float32")
     print(f"  {'':36s} {'median':>12s}   {'GFLOP/s':>9s}   {'÷ GEMM peak':>11s}")
-    peak = wide[0][2] / wide[0][1]
+    peak = max(gflop / sec for name, sec, gflop in wide if "GEMM" in name)
     for name, sec, gflop in wide:
         print(f"  {name:36s} {_fmt(sec)}   {gflop / sec:9.1f}   {gflop / sec / peak:10.0%}")
     print()
