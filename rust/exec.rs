@@ -433,10 +433,17 @@ pub(crate) fn backward_step<T: Float>(
             if let Op::Affine { bias, .. } = steps[i].op {
                 if needs(bias) && n > 0 {
                     // The bias was added to every row: its gradient sums G's rows.
-                    let d = adj!(bias);
-                    for row in g.chunks_exact(n) {
-                        d.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
-                    }
+                    let d = &mut adj!(bias)[..n];
+                    crate::kernels::simd::dispatch(
+                        #[inline(always)]
+                        || {
+                            for row in g.chunks_exact(n) {
+                                for j in 0..n {
+                                    d[j] += row[j];
+                                }
+                            }
+                        },
+                    );
                 }
             }
             if needs(a) {
