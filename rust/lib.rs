@@ -22,6 +22,7 @@ mod exec;
 mod float;
 mod ir;
 pub mod kernels;
+pub mod outer;
 pub mod parallel;
 mod program;
 mod shape;

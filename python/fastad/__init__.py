@@ -11,7 +11,9 @@ sweeps over preallocated buffers, writes into your arrays (``out=``) and allocat
 >>> x = np.random.rand(100); g = np.empty(100)
 >>> v = f.value_and_grad(x, out=g)
 """
-from ._fastad import Program, allocation_count, get_num_threads, set_num_threads
+from ._fastad import (
+    Program, allocation_count, get_num_threads, outer, outer_diag, outer_sum, set_num_threads,
+)
 from ._compile import Spec, compile, spec
 from ._ops import (
     abs, bce_logits, cos, cross_entropy, exp, expm1, log, log1p, log_softmax, logsumexp, matmul,
@@ -28,5 +30,5 @@ __all__ = [
     "spec", "abs", "bce_logits", "cos", "cross_entropy", "exp", "expm1", "log", "log1p",
     "log_softmax", "logsumexp", "matmul", "maximum", "mean", "minimum", "mse", "relu", "reshape",
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
-    "tanh", "transpose",
+    "tanh", "transpose", "outer", "outer_sum", "outer_diag",
 ]

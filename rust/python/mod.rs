@@ -1,10 +1,11 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
-//! `arrays` (NumPy argument checks).
+//! `outer` (batched outer products), `arrays` (NumPy argument checks).
 use pyo3::prelude::*;
 
 mod arrays;
 mod graph;
+mod outer;
 mod program;
 
 /// Counting allocations lets users and tests check that a replay allocates nothing.
@@ -49,5 +50,8 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
+    m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! Batched outer products of per-sample vectors, as Laplace approximations need them: for G
+//! (N × P) with rows g_b, every g_b g_bᵀ (whole or its upper triangle), their sum GᵀG (the
+//! empirical Fisher) and its diagonal Σ_b g_b². Work is split over the thread pool by samples
+//! (or, for the sums, by output rows); each output element is computed by one thread in a fixed
+//! order, so results do not depend on the thread count. Nothing here allocates in steady state.
+use crate::float::Float;
+use crate::kernels::gemm::{gemm, workspace_len, Operand};
+use crate::kernels::simd::dispatch;
+use crate::kernels::SharedMut;
+use std::cell::RefCell;
+
+/// Output elements below which a product runs on the calling thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Elements per sample of the packed form: the upper triangle, P(P+1)/2.
+pub fn packed_len(p: usize) -> usize {
+    p * (p + 1) / 2
+}
+
+/// Runs `f(samples)` over ranges of `0..n`, in parallel when the output is large.
+fn over_samples(n: usize, per_sample: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    let parts = if n * per_sample >= PARALLEL_MIN {
+        crate::parallel::num_threads().min(n)
+    } else {
+        1
+    };
+    if parts <= 1 {
+        f(0..n);
+    } else {
+        crate::parallel::run(parts, &|t| f(crate::parallel::split(n, parts, t)));
+    }
+}
+
+/// out[b] = g_b g_bᵀ for each row g_b of G (n × p); out is (n, p, p), or (n, P(P+1)/2) holding
+/// each upper triangle row by row (i ≤ j) when `packed`.
+pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool) {
+    let per = if packed { packed_len(p) } else { p * p };
+    assert!(g.len() == n * p && out.len() == n * per);
+    let shared = SharedMut::new(out);
+    over_samples(n, per, &|samples| {
+        for b in samples {
+            let gb = &g[b * p..(b + 1) * p];
+            // SAFETY: sample b alone writes this range.
+            let ob = unsafe { shared.range(b * per..(b + 1) * per) };
+            dispatch(
+                #[inline(always)]
+                || {
+                    let mut at = 0;
+                    for i in 0..p {
+                        let (gi, from) = (gb[i], if packed { i } else { 0 });
+                        let row = &mut ob[at..at + p - from];
+                        let src = &gb[from..];
+                        for j in 0..row.len() {
+                            row[j] = gi * src[j];
+                        }
+                        at += p - from;
+                    }
+                },
+            );
+        }
+    });
+}
+
+thread_local! {
+    static WORKSPACE_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WORKSPACE_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// out (p × p) = Σ_b g_b g_bᵀ = GᵀG, by the GEMM. Its packing space is kept per calling thread
+/// and grown only for a larger product than before.
+pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
+    assert!(g.len() == n * p && out.len() == p * p);
+    let need = workspace_len(p, p, n, crate::parallel::num_threads());
+    let mut run = |ws: &mut [T]| {
+        let op = |transposed| Operand {
+            data: g,
+            transposed,
+        };
+        gemm(p, p, n, op(true), op(false), out, false, ws);
+    };
+    // The thread-local buffer of T's own type (f32 or f64).
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        WORKSPACE_F32.with(|ws| with_len(&mut ws.borrow_mut(), need, |w| run(cast(w))))
+    } else {
+        WORKSPACE_F64.with(|ws| with_len(&mut ws.borrow_mut(), need, |w| run(cast(w))))
+    }
+}
+
+fn with_len<U: Default + Clone>(v: &mut Vec<U>, len: usize, f: impl FnOnce(&mut [U])) {
+    if v.len() < len {
+        v.resize(len, U::default());
+    }
+    f(&mut v[..len])
+}
+
+/// Reinterprets a slice of the thread-local workspace as `T`; the caller checked the type.
+fn cast<U: 'static, T: 'static>(s: &mut [U]) -> &mut [T] {
+    assert_eq!(std::any::TypeId::of::<U>(), std::any::TypeId::of::<T>());
+    // SAFETY: U and T are the same type (checked above).
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut T, s.len()) }
+}
+
+/// out (p) = Σ_b g_b², the diagonal of `outer_sum`. Columns are split over threads; each sums
+/// its samples in order.
+pub fn outer_diag<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
+    assert!(g.len() == n * p && out.len() == p);
+    out.fill(T::zero());
+    let parts = if n * p >= PARALLEL_MIN {
+        crate::parallel::num_threads().min(p.div_ceil(64)).max(1)
+    } else {
+        1
+    };
+    let shared = SharedMut::new(out);
+    let part = |t: usize| {
+        let cols = crate::parallel::split(p, parts, t);
+        // SAFETY: the parts' column ranges are disjoint.
+        let d = unsafe { shared.range(cols.clone()) };
+        dispatch(
+            #[inline(always)]
+            || {
+                for b in 0..n {
+                    let row = &g[b * p + cols.start..b * p + cols.end];
+                    for j in 0..d.len() {
+                        d[j] += row[j] * row[j];
+                    }
+                }
+            },
+        );
+    };
+    if parts <= 1 {
+        part(0);
+    } else {
+        crate::parallel::run(parts, &part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, p: usize) -> Vec<f64> {
+        (0..n * p)
+            .map(|i| ((i * 7 % 19) as f64 - 9.0) * 0.13)
+            .collect()
+    }
+
+    #[test]
+    fn outer_products_match_the_definition() {
+        for threads in [1, 2] {
+            crate::parallel::set_num_threads(threads);
+            for &(n, p) in &[(0, 3), (1, 1), (5, 4), (300, 17), (3, 200)] {
+                let g = sample(n, p);
+                let mut full = vec![f64::NAN; n * p * p];
+                let mut packed = vec![f64::NAN; n * packed_len(p)];
+                outer(&g, n, p, &mut full, false);
+                outer(&g, n, p, &mut packed, true);
+                let mut sum = vec![f64::NAN; p * p];
+                let mut diag = vec![f64::NAN; p];
+                outer_sum(&g, n, p, &mut sum);
+                outer_diag(&g, n, p, &mut diag);
+                for i in 0..p {
+                    for j in 0..p {
+                        let mut s = 0.0;
+                        for b in 0..n {
+                            let want = g[b * p + i] * g[b * p + j];
+                            assert_eq!(full[b * p * p + i * p + j], want);
+                            s += want;
+                        }
+                        assert!((sum[i * p + j] - s).abs() <= 1e-12 * (1.0 + s.abs()));
+                        if i == j {
+                            assert!((diag[i] - s).abs() <= 1e-12 * (1.0 + s.abs()));
+                        }
+                    }
+                }
+                for b in 0..n {
+                    let mut k = b * packed_len(p);
+                    for i in 0..p {
+                        for j in i..p {
+                            assert_eq!(packed[k], full[b * p * p + i * p + j]);
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

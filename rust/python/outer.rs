@@ -1,0 +1,130 @@
+//! `fa.outer`, `fa.outer_sum`, `fa.outer_diag`: argument checks around `crate::outer`.
+use super::arrays::{check_no_aliasing, fmt_dims, input_view, new_out, out_view, BatchSize};
+use crate::float::Float;
+use crate::shape::Shape;
+use numpy::{Element, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use smallvec::{smallvec, SmallVec};
+
+/// Which outer product a call wants.
+#[derive(Clone, Copy)]
+enum Kind {
+    Each { packed: bool },
+    Sum,
+    Diag,
+}
+
+impl Kind {
+    fn out_dims(self, n: usize, p: usize) -> SmallVec<[usize; 3]> {
+        match self {
+            Kind::Each { packed: false } => smallvec![n, p, p],
+            Kind::Each { packed: true } => smallvec![n, crate::outer::packed_len(p)],
+            Kind::Sum => smallvec![p, p],
+            Kind::Diag => smallvec![p],
+        }
+    }
+}
+
+/// G's shape (N, P) and whether it computes in float32 (else float64).
+fn shape_and_dtype(g: &Bound<'_, PyAny>) -> PyResult<((usize, usize), bool)> {
+    let a = match g.cast::<PyUntypedArray>() {
+        Ok(a) => a.clone(),
+        Err(_) => {
+            let np = g.py().import("numpy")?;
+            np.call_method1("asarray", (g,))?
+                .cast_into::<PyUntypedArray>()?
+        }
+    };
+    // The dtype's kind character, read from the descriptor (extracting a Python str would
+    // allocate under the stable ABI).
+    if !b"biuf".contains(&a.dtype().kind()) {
+        return Err(PyTypeError::new_err(format!(
+            "G must be a real array, got dtype {}",
+            a.dtype().str()?
+        )));
+    }
+    match a.shape() {
+        &[n, p] => Ok(((n, p), a.dtype().is_equiv_to(&numpy::dtype::<f32>(g.py())))),
+        s => Err(PyValueError::new_err(format!(
+            "G must have shape (N, P), one vector per row; got shape {}",
+            fmt_dims(s)
+        ))),
+    }
+}
+
+fn run<'py, T: Float + Element>(
+    g: &Bound<'py, PyAny>,
+    (n, p): (usize, usize),
+    out: Option<&Bound<'py, PyAny>>,
+    kind: Kind,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = g.py();
+    let name = |_: usize| "G".to_string();
+    let gv = input_view::<T>(g, &name, 0, Shape::matrix(n, p), &mut BatchSize::default())?;
+    let dims = kind.out_dims(n, p);
+    let ov = match out {
+        Some(o) => out_view::<T>(o, "out", &dims)?,
+        None => new_out::<T>(py, &dims),
+    };
+    check_no_aliasing(std::slice::from_ref(&gv), &|_| "G".into(), &[&ov], &|_| {
+        "out".into()
+    })?;
+    // SAFETY: both views were checked for T, and do not overlap.
+    let (gs, os) = unsafe { (gv.slice::<T>(), ov.slice::<T>()) };
+    py.detach(|| match kind {
+        Kind::Each { packed } => crate::outer::outer(gs, n, p, os, packed),
+        Kind::Sum => crate::outer::outer_sum(gs, n, p, os),
+        Kind::Diag => crate::outer::outer_diag(gs, n, p, os),
+    });
+    Ok(ov.array)
+}
+
+fn dispatch<'py>(
+    g: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    kind: Kind,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (shape, single) = shape_and_dtype(g)?;
+    if single {
+        run::<f32>(g, shape, out, kind)
+    } else {
+        run::<f64>(g, shape, out, kind)
+    }
+}
+
+/// H[b] = g_b g_bᵀ for each row g_b of G (N, P): H (N, P, P), or with `packed=True` (N,
+/// P(P+1)/2), each upper triangle row by row. float32 G computes in float32, else float64.
+/// `out=` must have exactly that shape and dtype, C-contiguous and writable.
+#[pyfunction]
+#[pyo3(signature = (G, out=None, packed=false))]
+#[allow(non_snake_case)]
+pub fn outer<'py>(
+    G: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+    packed: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    dispatch(G, out, Kind::Each { packed })
+}
+
+/// F = Σ_b g_b g_bᵀ = GᵀG (P, P): the empirical Fisher of per-sample gradients G (N, P).
+#[pyfunction]
+#[pyo3(signature = (G, out=None))]
+#[allow(non_snake_case)]
+pub fn outer_sum<'py>(
+    G: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    dispatch(G, out, Kind::Sum)
+}
+
+/// d = Σ_b g_b² (P,): the diagonal of `outer_sum`.
+#[pyfunction]
+#[pyo3(signature = (G, out=None))]
+#[allow(non_snake_case)]
+pub fn outer_diag<'py>(
+    G: &Bound<'py, PyAny>,
+    out: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    dispatch(G, out, Kind::Diag)
+}
