@@ -316,6 +316,10 @@ def test_bad_input_gives_clear_errors():
     fa.Chain(layer)
     with pytest.raises(ValueError, match="already belongs to a Chain"):
         fa.Chain(layer)
+    fresh = fa.Dense(2, 2)
+    with pytest.raises(ValueError, match="layer 1 .* already belongs to a Chain"):
+        fa.Chain(fresh, fresh)
+    fa.Chain(fresh)  # the refused Chain did not take it
 
     model = make_model()
     with pytest.raises(ValueError, match=r"X must have shape \(N, 3\).*got \(4, 2\)"):

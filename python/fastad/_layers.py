@@ -160,6 +160,11 @@ class Chain:
         for k, layer in enumerate(layers):
             if not isinstance(layer, Dense):
                 raise TypeError(f"Chain: layer {k} is a {type(layer).__name__}, not a fa.Dense")
+            # Checked before any layer is bound, so a refused Chain leaves its layers usable.
+            if layer._offset is not None or any(layer is l for l in layers[:k]):
+                raise ValueError(
+                    f"Chain: layer {k} ({layer!r}) already belongs to a Chain; create a new layer"
+                )
         for k in range(1, len(layers)):
             if layers[k].in_features != layers[k - 1].out_features:
                 raise ValueError(
