@@ -199,7 +199,7 @@ impl<T: Float> Program<T> {
     }
 
     /// Reverse sweep from the output, seeded with 1 (scalar output) or the cotangent.
-    fn backward(&mut self, args: &[&[T]], batch: usize, cotangent: Option<&[T]>) {
+    pub(crate) fn backward(&mut self, args: &[&[T]], batch: usize, cotangent: Option<&[T]>) {
         for (s, adj) in self.steps.iter().zip(self.adjoints.iter_mut()) {
             if s.needs_grad && !s.first_write {
                 adj[..s.shape.len(batch)].fill(T::zero());

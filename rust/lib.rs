@@ -24,6 +24,7 @@ mod ir;
 pub mod kernels;
 pub mod outer;
 pub mod parallel;
+mod per_sample;
 mod program;
 mod shape;
 mod tiling;

@@ -320,6 +320,15 @@ class Chain:
         args, Y = self._loss_args(X, Y)
         return self._loss_program(loss, Y, l2).grad(*args, out=out)
 
+    def per_sample_grads(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
+                         out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per-sample gradients (N, P): row b is the gradient with respect to ``params`` of sample
+        b's own loss, ``loss(model(X[b:b+1]), Y[b:b+1])``, from one batched forward and reverse
+        pass (each layer's closed form: weight δ_b a_bᵀ, bias δ_b). `loss` as in `loss`; a
+        custom loss must be a sum or mean of per-sample terms."""
+        args, Y = self._loss_args(X, Y)
+        return self._loss_program(loss, Y, 0.0).per_sample_grad(*args, out=out)
+
     def vjp(self, X: Any, cotangent: Any, *, wrt: str = "params",
             out: Optional[np.ndarray] = None) -> np.ndarray:
         """Pulls an output cotangent dY (N, out_features) back through the network: to the

@@ -23,6 +23,7 @@ enum Mode {
     Grad,
     ValueAndGrad,
     Vjp,
+    PerSampleGrad,
 }
 
 /// A traced function compiled for replay: forward and reverse sweeps over preallocated buffers.
@@ -119,6 +120,19 @@ impl Program {
         out: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.dispatch(args, out, None, Mode::ValueAndGrad)
+    }
+
+    /// Per-sample gradients (N, P): row b is the gradient of sample b's term of the loss with
+    /// respect to the one `wrt` argument (P elements), from one batched pass. The output must be
+    /// a sum or mean over the batch, and the argument read only as dense layers' weights and
+    /// biases (directly or through slices); other programs raise a ValueError naming the op.
+    #[pyo3(signature = (*args, out=None))]
+    fn per_sample_grad<'py>(
+        &self,
+        args: &Bound<'py, PyTuple>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.dispatch(args, out, None, Mode::PerSampleGrad)
     }
 
     /// `vjp(*args, cotangent, out=None, value_out=None)`: the output cotangent pulled back to the
@@ -241,6 +255,7 @@ impl Program {
                     Mode::Grad => "grad",
                     Mode::ValueAndGrad => "value_and_grad",
                     Mode::Vjp => "vjp",
+                    Mode::PerSampleGrad => "per_sample_grad",
                 },
                 if mode == Mode::Vjp {
                     " and a cotangent"
@@ -250,7 +265,7 @@ impl Program {
             )));
         }
         let scalar_out = self.output_shape.rank() == 0;
-        if matches!(mode, Mode::Grad | Mode::ValueAndGrad) && !scalar_out {
+        if matches!(mode, Mode::Grad | Mode::ValueAndGrad | Mode::PerSampleGrad) && !scalar_out {
             return Err(PyTypeError::new_err(format!(
                 "gradients need a scalar output, but this program's output has shape {}; use vjp with an output cotangent",
                 self.output_shape
@@ -286,7 +301,18 @@ impl Program {
             |s: Shape| -> SmallVec<[usize; 2]> { s.resolve(n).dims().iter().copied().collect() };
         let mut outs: SmallVec<[OutView<'py>; 4]> = SmallVec::new();
         let wants_grads = mode != Mode::Value;
-        if wants_grads {
+        if mode == Mode::PerSampleGrad {
+            if self.wrt.len() != 1 || self.wrt_tuple {
+                return Err(PyValueError::new_err(
+                    "per_sample_grad needs a program compiled with one wrt argument (wrt=k)",
+                ));
+            }
+            let dims = [n, self.arg_shapes[self.wrt[0]].len(0)];
+            outs.push(match out {
+                Some(o) => out_view::<T>(o, "out", &dims)?,
+                None => new_out::<T>(py, &dims),
+            });
+        } else if wants_grads {
             let k = self.wrt.len();
             match out {
                 None => self
@@ -384,6 +410,7 @@ impl Program {
                 Mode::Vjp => p
                     .vjp(args, in_slices[n_args], grads, value_slice)
                     .map(|_| T::zero()),
+                Mode::PerSampleGrad => p.per_sample_grad(args, grads[0]),
             }
         });
         let value = result.map_err(to_py_err)?;
@@ -400,7 +427,7 @@ impl Program {
                 Some(v) => Ok(v.array),
                 None => Ok(PyFloat::new(py, value.to_f64()).into_any()),
             },
-            Mode::Grad | Mode::Vjp => grads_obj(),
+            Mode::Grad | Mode::Vjp | Mode::PerSampleGrad => grads_obj(),
             Mode::ValueAndGrad => {
                 let v = PyFloat::new(py, value.to_f64()).into_any();
                 if out.is_some() {

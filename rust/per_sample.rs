@@ -1,0 +1,182 @@
+//! Per-sample gradients in one batched pass, by the closed form of a dense layer: for a
+//! product Z = A Wᵀ (+ b) with A's row a_b and Z's adjoint row δ_b, sample b's gradient is
+//! δ_b a_bᵀ for W and δ_b for b. The adjoints come from one ordinary reverse sweep over the
+//! batch: no loop over samples, no second forward pass.
+//!
+//! It applies when the output is a sum or mean over the batch of per-row terms (so the batch's
+//! reverse sweep gives each row its own sample's adjoint, scaled by 1/N for a mean) and the
+//! differentiated argument is read only as layers' weights and biases, directly or through
+//! slices of a flat parameter vector. Other programs get an error naming the operation.
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ir::{Op, ReduceOp};
+use crate::kernels::SharedMut;
+use crate::program::{Phase, Program};
+use smallvec::SmallVec;
+
+/// One place the parameters enter a batched product.
+#[derive(Clone, Copy, Debug)]
+enum Use {
+    /// The weight of product step `step` (reading rows of step `a`), at `offset`; stored
+    /// (n, k) when `transposed` (the product reads it as Wᵀ), else (k, n).
+    Weight {
+        step: usize,
+        a: usize,
+        offset: usize,
+        transposed: bool,
+    },
+    /// The bias of Affine step `step`, at `offset`.
+    Bias { step: usize, offset: usize },
+}
+
+impl<T: Float> Program<T> {
+    /// Where the differentiated argument enters, and the factor turning each row's adjoint into
+    /// its own sample's gradient (N for a mean over the batch); or why this is not possible.
+    fn per_sample_plan(&self, batch: usize) -> Result<(SmallVec<[Use; 8]>, f64)> {
+        let fail = |why: String| Err(Error::value(format!("per-sample gradients: {why}")));
+        if self.wrt.len() != 1 || self.arg_shapes[self.wrt[0]].is_batched() {
+            return fail(
+                "they need exactly one differentiated argument, without a batch axis".into(),
+            );
+        }
+        if self.output_shape().rank() != 0 {
+            return fail(format!(
+                "the output must be a scalar loss, not of shape {}",
+                self.output_shape()
+            ));
+        }
+        let reduces: SmallVec<[usize; 2]> = (0..self.steps.len())
+            .filter(|&i| self.steps[i].phase == Phase::Reduce)
+            .collect();
+        let one_pass = self.tiling.as_ref().is_some_and(|p| p.grad_in_one_pass);
+        if !one_pass || reduces.len() != 1 {
+            return fail(
+                "the output must be a sum or mean over the batch of per-sample terms \
+                         (a loss of the whole batch, such as (Σ y)², has no per-sample split)"
+                    .into(),
+            );
+        }
+        let factor = match self.steps[reduces[0]].op {
+            Op::Reduce(ReduceOp::Mean, ..) => batch as f64,
+            _ => 1.0,
+        };
+        let Some(param) = self.arg_steps[self.wrt[0]] else {
+            return Ok((SmallVec::new(), factor)); // the output does not read it
+        };
+        let mut uses = SmallVec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            let (ins, n) = s.op.inputs();
+            for &j in &ins[..n] {
+                // The parameter itself, or a slice of it.
+                let offset = match self.steps[j].op {
+                    _ if j == param => 0,
+                    Op::Slice { x, start } if x == param => start,
+                    _ => continue,
+                };
+                if j != param && matches!(s.op, Op::Slice { .. }) {
+                    return fail(format!(
+                        "a slice of the parameters is sliced again ({:?})",
+                        s.op
+                    ));
+                }
+                match s.op {
+                    Op::Slice { x, .. } if x == param && j == param => {}
+                    Op::MatMul {
+                        a,
+                        b,
+                        ta: false,
+                        tb,
+                    }
+                    | Op::Affine {
+                        a,
+                        b,
+                        ta: false,
+                        tb,
+                        ..
+                    } if b == j && a != j && self.steps[a].phase == Phase::Tile => {
+                        uses.push(Use::Weight {
+                            step: i,
+                            a,
+                            offset,
+                            transposed: tb,
+                        })
+                    }
+                    Op::Affine { bias, a, b, .. } if bias == j && a != j && b != j => {
+                        uses.push(Use::Bias { step: i, offset })
+                    }
+                    _ => {
+                        return fail(format!(
+                            "the parameters are read by {:?}, which is not a dense layer's \
+                             weight or bias",
+                            s.op
+                        ))
+                    }
+                }
+            }
+        }
+        Ok((uses, factor))
+    }
+
+    /// Writes row b of `out` (batch × P) = the gradient of sample b's term of the loss with
+    /// respect to the differentiated argument (P elements). Returns the loss.
+    pub fn per_sample_grad(&mut self, args: &[&[T]], out: &mut [T]) -> Result<T> {
+        let batch = self.batch_size(args)?;
+        let (uses, factor) = self.per_sample_plan(batch)?;
+        let p = self.arg_shapes[self.wrt[0]].len(0);
+        if out.len() != batch * p {
+            return Err(Error::value(format!(
+                "out has {} elements; expected ({batch}, {p})",
+                out.len()
+            )));
+        }
+        // The batch's reverse sweep, untiled: each product's adjoint rows are needed whole.
+        self.forward(args, batch)?;
+        self.backward(args, batch, None);
+        let value = crate::exec::value(
+            &crate::exec::Frame::new(&self.steps, args, batch),
+            &self.values,
+            self.output,
+        )[0];
+        out.fill(T::zero());
+        let frame = crate::exec::Frame::new(&self.steps, args, batch);
+        let (steps, values, adjoints) = (&self.steps, &self.values, &self.adjoints);
+        let scale = T::from_f64(factor);
+        let shared = SharedMut::new(out);
+        let rows = |r: std::ops::Range<usize>| {
+            for b in r {
+                // SAFETY: row b alone writes this range.
+                let g = unsafe { shared.range(b * p..(b + 1) * p) };
+                for u in &uses {
+                    match *u {
+                        Use::Weight {
+                            step,
+                            a,
+                            offset,
+                            transposed,
+                        } => {
+                            let n = steps[step].shape.len(1);
+                            let k = steps[a].shape.len(1);
+                            let d = &adjoints[step][b * n..(b + 1) * n];
+                            let x = &crate::exec::value(&frame, values, a)[b * k..(b + 1) * k];
+                            for (o, &d) in d.iter().enumerate() {
+                                let dz = scale * d;
+                                for (j, &x) in x.iter().enumerate() {
+                                    let at = if transposed { o * k + j } else { j * n + o };
+                                    g[offset + at] += dz * x;
+                                }
+                            }
+                        }
+                        Use::Bias { step, offset } => {
+                            let n = steps[step].shape.len(1);
+                            let d = &adjoints[step][b * n..(b + 1) * n];
+                            let g = &mut g[offset..offset + n];
+                            g.iter_mut().zip(d).for_each(|(g, &d)| *g += scale * d);
+                        }
+                    }
+                }
+            }
+        };
+        crate::parallel::for_chunks(batch, (1 << 15) / p.max(1), &rows);
+        Ok(value)
+    }
+}

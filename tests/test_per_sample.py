@@ -1,0 +1,64 @@
+"""Per-sample gradients from one batched pass, against a loop of single-sample gradients."""
+import numpy as np
+import pytest
+
+import fastad as fa
+from conftest import assert_close_rel
+from test_layers import targets
+
+CASES = [("sse", None), ("sse", "regression"), ("mse", "regression"),
+         ("cross_entropy", "labels"), ("bce_logits", "binary")]
+
+
+@pytest.mark.parametrize("loss,kind", CASES)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_per_sample_grads_match_single_sample_gradients(loss, kind, dtype, tol):
+    rng = np.random.default_rng(0)
+    model = fa.Chain(fa.Dense(2, 16, "sigmoid"), fa.Dense(16, 3, "tanh"), fa.Dense(3, 3),
+                     dtype=dtype, seed=1)
+    n = 37
+    X = rng.normal(size=(n, 2))
+    Y = targets(kind, n, 3, rng)
+    G = model.per_sample_grads(X, Y, loss=loss)
+    assert G.shape == (n, model.n_params) and G.dtype == dtype
+    for b in range(n):
+        yb = None if Y is None else Y[b:b + 1]
+        _, want = model.value_and_grad(X[b:b + 1], yb, loss=loss)
+        assert_close_rel(G[b], want, tol, f"{loss}, sample {b}")
+    out = np.empty_like(G)
+    assert model.per_sample_grads(X, Y, loss=loss, out=out) is out
+    assert_close_rel(out, G, 0)
+
+
+def test_seed_002_model_and_no_allocation():
+    rng = np.random.default_rng(1)
+    model = fa.Chain(fa.Dense(1, 32, "sigmoid"), fa.Dense(32, 1), dtype=np.float32, seed=0)
+    X = rng.normal(size=(128, 1)).astype(np.float32)
+    Y = rng.normal(size=(128, 1)).astype(np.float32)
+    G = np.empty((128, 97), np.float32)
+    for _ in range(3):
+        model.per_sample_grads(X, Y, loss="mse", out=G)
+    before = fa.allocation_count()
+    for _ in range(100):
+        model.per_sample_grads(X, Y, loss="mse", out=G)
+    assert fa.allocation_count() == before
+    # The mean of per-sample gradients is the batch gradient of the mean loss.
+    _, g = model.value_and_grad(X, Y, loss="mse")
+    assert_close_rel(G.mean(axis=0), g, 1e-5)
+
+
+def test_programs_without_a_per_sample_split_are_refused():
+    model = fa.Chain(fa.Dense(2, 4, "tanh"), fa.Dense(4, 1), seed=0)
+    X = np.ones((5, 2))
+    f = fa.compile(lambda p, X: fa.sum(model.apply(p, X)) ** 2, model.params, fa.spec((None, 2)))
+    with pytest.raises(ValueError, match="sum or mean over the batch"):
+        f.per_sample_grad(model.params, X)
+    g = fa.compile(lambda p, X: fa.sum(model.apply(p, X)) + fa.sum(p * p), model.params,
+                   fa.spec((None, 2)))
+    with pytest.raises(ValueError, match=r"read by Binary\(Mul"):
+        g.per_sample_grad(model.params, X)
+    with pytest.raises(ValueError, match="one wrt argument"):
+        fa.compile(lambda p, X: fa.sum(model.apply(p, X)), model.params, fa.spec((None, 2)),
+                   wrt=(0, 1)).per_sample_grad(model.params, X)
+    with pytest.raises(ValueError, match=r"out has shape \(5, 3\); expected \(5, 17\)"):
+        model.per_sample_grads(X, out=np.empty((5, 3)))
