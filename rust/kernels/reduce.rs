@@ -138,8 +138,22 @@ pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &m
                         } else {
                             g[lane]
                         };
-                        for e in 0..l.len {
-                            dx[l.at(lane, e)] += gl;
+                        if l.elem_stride == 1 {
+                            // A contiguous lane: a plain slice loop, which vectorises.
+                            let start = lane * l.lane_stride;
+                            dx[start..start + l.len].iter_mut().for_each(|d| *d += gl);
+                        } else {
+                            for e in 0..l.len {
+                                dx[l.at(lane, e)] += gl;
+                            }
+                        }
+                    }
+                    ReduceOp::LogSumExp if l.elem_stride == 1 => {
+                        let r = lane * l.lane_stride..lane * l.lane_stride + l.len;
+                        let (x, dx) = (&x[r.clone()], &mut dx[r]);
+                        let (gl, yl) = (g[lane], y[lane]);
+                        for e in 0..dx.len() {
+                            dx[e] += gl * (x[e] - yl).vexp();
                         }
                     }
                     ReduceOp::LogSumExp => {
