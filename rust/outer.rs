@@ -17,27 +17,13 @@ pub fn packed_len(p: usize) -> usize {
     p * (p + 1) / 2
 }
 
-/// Runs `f(samples)` over ranges of `0..n`, in parallel when the output is large.
-fn over_samples(n: usize, per_sample: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-    let parts = if n * per_sample >= PARALLEL_MIN {
-        crate::parallel::num_threads().min(n)
-    } else {
-        1
-    };
-    if parts <= 1 {
-        f(0..n);
-    } else {
-        crate::parallel::run(parts, &|t| f(crate::parallel::split(n, parts, t)));
-    }
-}
-
 /// out[b] = g_b g_bᵀ for each row g_b of G (n × p); out is (n, p, p), or (n, P(P+1)/2) holding
 /// each upper triangle row by row (i ≤ j) when `packed`.
 pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool) {
     let per = if packed { packed_len(p) } else { p * p };
     assert!(g.len() == n * p && out.len() == n * per);
     let shared = SharedMut::new(out);
-    over_samples(n, per, &|samples| {
+    crate::parallel::for_chunks(n, (PARALLEL_MIN / per.max(1)).max(1), &|samples| {
         for b in samples {
             let gb = &g[b * p..(b + 1) * p];
             // SAFETY: sample b alone writes this range.
@@ -127,11 +113,7 @@ pub fn outer_diag<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
             },
         );
     };
-    if parts <= 1 {
-        part(0);
-    } else {
-        crate::parallel::run(parts, &part);
-    }
+    crate::parallel::run(parts, &part);
 }
 
 #[cfg(test)]

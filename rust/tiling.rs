@@ -416,11 +416,7 @@ impl<T: Float> Program<T> {
                     }
                 }
             };
-            if tasks <= 1 {
-                run_task(0);
-            } else {
-                crate::parallel::run(tasks, &run_task);
-            }
+            crate::parallel::run(tasks, &run_task);
         }
         self.values[out] = out_values;
         for (i, v) in input_adjoints {

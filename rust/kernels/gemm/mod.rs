@@ -381,11 +381,7 @@ impl<T: Float> Problem<T> {
                         };
                     }
                 };
-                if tasks <= 1 {
-                    task(0);
-                } else {
-                    crate::parallel::run(tasks, &task);
-                }
+                crate::parallel::run(tasks, &task);
             }
         }
     }
