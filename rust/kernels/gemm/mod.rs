@@ -89,13 +89,7 @@ fn gemm_at<T: Float>(
     workspace: &mut [T],
 ) {
     assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].fill(T::zero());
-        }
+    if empty_product(m, n, k, c, accumulate) {
         return;
     }
     let (a, b) = (a.view(m, k), b.view(k, n));
@@ -188,6 +182,15 @@ unsafe fn gemv<T: Float>(
     )
 }
 
+/// A product with no multiply-adds (m, n or k zero): C = 0 (k = 0, not accumulating) or left
+/// as it is. True when there is nothing more to do.
+fn empty_product<T: Float>(m: usize, n: usize, k: usize, c: &mut [T], accumulate: bool) -> bool {
+    if k == 0 && !accumulate {
+        c[..m * n].fill(T::zero());
+    }
+    m == 0 || n == 0 || k == 0
+}
+
 /// Elements `pack_whole_b` writes for a (k × n) B.
 pub fn packed_b_len<T: Float>(k: usize, n: usize) -> usize {
     k * n.next_multiple_of(T::tile_shape(simd::level()).1)
@@ -224,10 +227,7 @@ pub fn gemm_prepacked<T: Float>(
 ) {
     assert!(a.data.len() >= m * k && packed_b.len() >= packed_b_len::<T>(k, n));
     assert!(c.len() >= m * n);
-    if m == 0 || n == 0 || k == 0 {
-        if k == 0 && !accumulate {
-            c[..m * n].fill(T::zero());
-        }
+    if empty_product(m, n, k, c, accumulate) {
         return;
     }
     let level = simd::level();
