@@ -310,12 +310,7 @@ impl<T: Float> Program<T> {
         let out = self.output;
 
         // Before the tiles: everything that does not depend on the batch.
-        for i in 0..self.steps.len() {
-            if self.steps[i].phase == Phase::Pre {
-                let f = Frame::new(&self.steps, args, batch);
-                forward_step(&f, &mut self.values, i, &mut self.gemm_workspace)?;
-            }
-        }
+        self.sweep_whole(args, batch, Phase::Pre, false)?;
         self.pack_weights(args);
         if reverse.is_some() {
             for (s, adj) in self.steps.iter().zip(self.adjoints.iter_mut()) {
@@ -329,18 +324,7 @@ impl<T: Float> Program<T> {
                     _ => self.adjoints[out][0] = T::one(),
                 }
                 // The loss's reverse sweep, down to the Reduce steps (it reads no Post value).
-                for i in (0..self.steps.len()).rev() {
-                    if self.steps[i].phase == Phase::Post && self.steps[i].needs_grad {
-                        let f = Frame::new(&self.steps, args, batch);
-                        backward_step(
-                            &f,
-                            &self.values,
-                            &mut self.adjoints,
-                            i,
-                            &mut self.gemm_workspace,
-                        );
-                    }
-                }
+                self.sweep_whole(args, batch, Phase::Post, true)?;
             }
         }
 
@@ -450,23 +434,34 @@ impl<T: Float> Program<T> {
             }
         }
         // After the tiles: the loss; then the reverse sweep of the Pre steps.
-        for i in 0..self.steps.len() {
-            if self.steps[i].phase == Phase::Post {
-                let f = Frame::new(&self.steps, args, batch);
-                forward_step(&f, &mut self.values, i, &mut self.gemm_workspace)?;
-            }
-        }
+        self.sweep_whole(args, batch, Phase::Post, false)?;
         if reverse.is_some() {
-            for i in (0..self.steps.len()).rev() {
-                if self.steps[i].phase == Phase::Pre && self.steps[i].needs_grad {
-                    let f = Frame::new(&self.steps, args, batch);
-                    backward_step(
-                        &f,
-                        &self.values,
-                        &mut self.adjoints,
-                        i,
-                        &mut self.gemm_workspace,
-                    );
+            self.sweep_whole(args, batch, Phase::Pre, true)?;
+        }
+        Ok(())
+    }
+
+    /// The forward (or, with `reverse`, the reverse) sweep over the steps of one whole-batch
+    /// phase (Pre or Post), on the program's own buffers.
+    fn sweep_whole(
+        &mut self,
+        args: &[&[T]],
+        batch: usize,
+        phase: Phase,
+        reverse: bool,
+    ) -> Result<()> {
+        let f = Frame::new(&self.steps, args, batch);
+        let ws = &mut self.gemm_workspace;
+        if reverse {
+            for i in (0..f.steps.len()).rev() {
+                if f.steps[i].phase == phase && f.steps[i].needs_grad {
+                    backward_step(&f, &self.values, &mut self.adjoints, i, ws);
+                }
+            }
+        } else {
+            for i in 0..f.steps.len() {
+                if f.steps[i].phase == phase {
+                    forward_step(&f, &mut self.values, i, ws)?;
                 }
             }
         }
