@@ -1,5 +1,8 @@
-"""Shared helpers: central finite differences in float64, and reference checks."""
+"""Shared helpers: central finite differences in float64, reference checks, a 1-and-2-threads fixture."""
 import numpy as np
+import pytest
+
+import fastad as fa
 
 
 def numeric_vjp(f, args, wrt, cotangent, h=1e-6):
@@ -33,3 +36,12 @@ def assert_close_rel(actual, expected, rel, what=""):
     err = np.linalg.norm((actual - expected).ravel())
     scale = max(np.linalg.norm(expected.ravel()), 1.0)
     assert err <= rel * scale, f"{what}: relative error {err / scale:.3e} > {rel:.1e}"
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Runs a test on 1 and on 2 threads, restoring the thread count after."""
+    old = fa.get_num_threads()
+    fa.set_num_threads(request.param)
+    yield request.param
+    fa.set_num_threads(old)

@@ -6,14 +6,6 @@ import fastad as fa
 from conftest import assert_close_rel
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    old = fa.get_num_threads()
-    fa.set_num_threads(request.param)
-    yield request.param
-    fa.set_num_threads(old)
-
-
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
 @pytest.mark.parametrize("n,p", [(0, 3), (1, 1), (7, 5), (128, 97), (3, 300)])
 def test_outer_products_match_einsum(n, p, dtype, tol, threads):

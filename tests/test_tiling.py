@@ -8,14 +8,6 @@ from conftest import assert_close_rel
 from test_layers import backward_np, forward_np, layers_np, loss_np, targets
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    old = fa.get_num_threads()
-    fa.set_num_threads(request.param)
-    yield request.param
-    fa.set_num_threads(old)
-
-
 def wide_model(dtype=np.float64):
     return fa.Chain(fa.Dense(3, 200, "tanh"), fa.Dense(200, 30, "softplus"), fa.Dense(30, 4),
                     dtype=dtype, seed=2)
