@@ -3,6 +3,20 @@
 //! Accuracy is within a few ulp of libm over the whole range, including overflow to inf,
 //! gradual underflow to subnormals and 0, and NaN propagation.
 
+/// c[0]·xⁿ⁻¹ + … + c[n−1], by Horner's rule (plain multiply and add: a fused multiply-add would
+/// be a libm call on CPUs without FMA).
+#[inline(always)]
+fn horner<T: Copy + std::ops::Mul<Output = T> + std::ops::Add<Output = T>, const N: usize>(
+    x: T,
+    c: [T; N],
+) -> T {
+    let mut p = c[0];
+    for &c in &c[1..] {
+        p = p * x + c;
+    }
+    p
+}
+
 /// e^x for f64: x = k·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor polynomial to degree 13
 /// (truncation error < 5e-18), then scaled by 2^k in two halves so subnormal results and the
 /// overflow to inf come out right.
@@ -18,24 +32,25 @@ pub fn exp_f64(x: f64) -> f64 {
     let t = x * std::f64::consts::LOG2_E + SHIFT;
     let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let mut p = 1.0 / 6_227_020_800.0; // 1/13!
-    for c in [
-        1.0 / 479_001_600.0,
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
-        1.0 / 362_880.0,
-        1.0 / 40_320.0,
-        1.0 / 5_040.0,
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + c;
-    }
+    let p = horner(
+        r,
+        [
+            1.0 / 6_227_020_800.0, // 1/13!
+            1.0 / 479_001_600.0,
+            1.0 / 39_916_800.0,
+            1.0 / 3_628_800.0,
+            1.0 / 362_880.0,
+            1.0 / 40_320.0,
+            1.0 / 5_040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ],
+    );
     // 2^k = 2^k1 · 2^k2 with k1 = round(k/2): each half is a normal number.
     let t1 = k * 0.5 + SHIFT;
     let t2 = (k - (t1 - SHIFT)) + SHIFT;
@@ -58,18 +73,19 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + SHIFT;
     let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let mut p = 1.0 / 5_040.0; // 1/7!
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = p * r + c;
-    }
+    let p = horner(
+        r,
+        [
+            1.0 / 5_040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ],
+    );
     let t1 = k * 0.5 + SHIFT;
     let t2 = (k - (t1 - SHIFT)) + SHIFT;
     p * pow2_f32(t1) * pow2_f32(t2)
@@ -88,17 +104,18 @@ pub fn tanh_f64(x: f64) -> f64 {
     let ax = x.abs();
     let far = 1.0 - 2.0 / (exp_f64(2.0 * ax) + 1.0);
     let x2 = x * x;
-    let mut p = -929_569.0 / 638_512_875.0; // x¹⁵
-    for c in [
-        21_844.0 / 6_081_075.0,
-        -1_382.0 / 155_925.0,
-        62.0 / 2_835.0,
-        -17.0 / 315.0,
-        2.0 / 15.0,
-        -1.0 / 3.0,
-    ] {
-        p = p * x2 + c;
-    }
+    let p = horner(
+        x2,
+        [
+            -929_569.0 / 638_512_875.0, // x¹⁵
+            21_844.0 / 6_081_075.0,
+            -1_382.0 / 155_925.0,
+            62.0 / 2_835.0,
+            -17.0 / 315.0,
+            2.0 / 15.0,
+            -1.0 / 3.0,
+        ],
+    );
     let near = ax + ax * x2 * p;
     (if ax < 0.125 { near } else { far }).copysign(x)
 }
@@ -110,21 +127,22 @@ pub fn tanh_f32(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     let x = x.clamp(-CLAMP, CLAMP);
     let x2 = x * x;
-    let mut p: f32 = -2.760_768_5e-16;
-    for c in [
-        2.000_188e-13,
-        -8.604_672e-11,
-        5.122_297e-8,
-        1.485_722_4e-5,
-        6.372_619_3e-4,
-        4.893_524_6e-3,
-    ] {
-        p = p * x2 + c;
-    }
-    let mut q: f32 = 1.198_258_4e-6;
-    for c in [1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3] {
-        q = q * x2 + c;
-    }
+    let p = horner(
+        x2,
+        [
+            -2.760_768_5e-16,
+            2.000_188e-13,
+            -8.604_672e-11,
+            5.122_297e-8,
+            1.485_722_4e-5,
+            6.372_619_3e-4,
+            4.893_524_6e-3,
+        ],
+    );
+    let q = horner(
+        x2,
+        [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3],
+    );
     x * p / q
 }
 
