@@ -61,10 +61,11 @@ impl<T: Float> Program<T> {
     pub fn eval(&mut self, args: &[&[T]], out: &mut [T]) -> Result<()> {
         let batch = self.batch_size(args)?;
         check_len("out", out.len(), self.output_shape(), batch)?;
-        if self.runs_tiled(batch, false) && self.writes_output_directly() {
+        let tiled = self.runs_tiled(batch, false);
+        if tiled && self.writes_output_directly() {
             return self.run_tiled(args, batch, None, Some(out));
         }
-        if self.runs_tiled(batch, false) {
+        if tiled {
             self.run_tiled(args, batch, None, None)?;
         } else {
             self.forward(args, batch)?;

@@ -38,6 +38,8 @@ pub(crate) struct TilePlan {
     pub rows: usize,
     /// The gradient can be tiled too (see the module comment).
     pub grad_in_one_pass: bool,
+    /// A batched output's rows can go straight to the caller (`writes_output_directly`).
+    pub output_direct: bool,
 }
 
 /// The private buffers of one thread's tiles.
@@ -72,9 +74,16 @@ pub(crate) fn plan(steps: &mut [Step], elem_bytes: usize) -> Option<TilePlan> {
     }
     let rows = (TILE_BYTES / (row_elems * elem_bytes)).clamp(ROW_QUANTUM, MAX_ROWS);
     let grad_in_one_pass = (0..steps.len()).all(|i| post_backward_reads_no_post_value(steps, i));
+    let out = &steps[steps.len() - 1];
+    let output_direct = out.phase == Phase::Tile
+        && !matches!(out.op, Op::Input(_))
+        && !steps
+            .iter()
+            .any(|s| matches!(s.op, Op::TakeAlongRows { .. }));
     Some(TilePlan {
         rows: rows / ROW_QUANTUM * ROW_QUANTUM,
         grad_in_one_pass,
+        output_direct,
     })
 }
 
@@ -188,12 +197,7 @@ impl<T: Float> Program<T> {
     /// only when no step can fail midway (class labels are checked as the tiles go), so an
     /// error never leaves the caller's array half-written.
     pub(crate) fn writes_output_directly(&self) -> bool {
-        self.steps[self.output].phase == Phase::Tile
-            && !matches!(self.steps[self.output].op, Op::Input(_))
-            && !self
-                .steps
-                .iter()
-                .any(|s| matches!(s.op, Op::TakeAlongRows { .. }))
+        self.tiling.as_ref().is_some_and(|p| p.output_direct)
     }
 
     /// Whether a replay at this batch size runs tiled (the gradient: `with_grad`).
