@@ -138,7 +138,7 @@ impl<T: Float> Program<T> {
         Ok(())
     }
 
-    fn output_value<'a>(&'a self, args: &'a [&'a [T]], batch: usize) -> &'a [T] {
+    pub(crate) fn output_value<'a>(&'a self, args: &'a [&'a [T]], batch: usize) -> &'a [T] {
         value(
             &Frame::new(&self.steps, args, batch),
             &self.values,

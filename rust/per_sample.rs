@@ -132,11 +132,7 @@ impl<T: Float> Program<T> {
         // The batch's reverse sweep, untiled: each product's adjoint rows are needed whole.
         self.forward(args, batch)?;
         self.backward(args, batch, None);
-        let value = crate::exec::value(
-            &crate::exec::Frame::new(&self.steps, args, batch),
-            &self.values,
-            self.output,
-        )[0];
+        let value = self.output_value(args, batch)[0];
         out.fill(T::zero());
         let frame = crate::exec::Frame::new(&self.steps, args, batch);
         let (steps, values, adjoints) = (&self.steps, &self.values, &self.adjoints);
