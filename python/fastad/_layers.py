@@ -105,9 +105,8 @@ class Dense:
         return self.out_features * (self.in_features + self.use_bias)
 
     def _bind(self, params: np.ndarray, offset: int, rng: np.random.Generator, init: str) -> None:
-        """Makes weight and bias views of params[offset:] and initialises them."""
-        if self._offset is not None:
-            raise ValueError("this Dense layer already belongs to a Chain; create a new layer")
+        """Makes weight and bias views of params[offset:] and initialises them (Chain checked
+        that the layer is not bound yet)."""
         o, i = self.out_features, self.in_features
         self._offset = offset
         self.weight = params[offset:offset + o * i].reshape(o, i)
