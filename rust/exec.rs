@@ -439,9 +439,7 @@ pub(crate) fn backward_step<T: Float>(
                         #[inline(always)]
                         || {
                             for row in g.chunks_exact(n) {
-                                for j in 0..n {
-                                    d[j] += row[j];
-                                }
+                                crate::kernels::axpy(d, T::one(), row);
                             }
                         },
                     );

@@ -34,11 +34,7 @@ pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool)
                     let mut at = 0;
                     for i in 0..p {
                         let (gi, from) = (gb[i], if packed { i } else { 0 });
-                        let row = &mut ob[at..at + p - from];
-                        let src = &gb[from..];
-                        for j in 0..row.len() {
-                            row[j] = gi * src[j];
-                        }
+                        crate::kernels::scaled(&mut ob[at..at + p - from], gi, &gb[from..]);
                         at += p - from;
                     }
                 },
@@ -52,9 +48,10 @@ thread_local! {
     static WORKSPACE_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// out (p × p) = Σ_b g_b g_bᵀ = GᵀG, by the GEMM. Its packing space is kept per calling thread
-/// and grown only for a larger product than before.
-pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
+/// out (p × p) = Σ_b g_b g_bᵀ = GᵀG, by the GEMM; with `accumulate`, out += GᵀG (so a sum
+/// over a large batch can stream through it tile by tile). Its packing space is kept per calling
+/// thread and grown only for a larger product than before.
+pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
     assert!(g.len() == n * p && out.len() == p * p);
     let need = workspace_len(p, p, n, crate::parallel::num_threads());
     let mut run = |ws: &mut [T]| {
@@ -62,7 +59,7 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
             data: g,
             transposed,
         };
-        gemm(p, p, n, op(true), op(false), out, false, ws);
+        gemm(p, p, n, op(true), op(false), out, accumulate, ws);
     };
     // The thread-local buffer of T's own type (f32 or f64).
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
@@ -86,11 +83,13 @@ fn cast<U: 'static, T: 'static>(s: &mut [U]) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut T, s.len()) }
 }
 
-/// out (p) = Σ_b g_b², the diagonal of `outer_sum`. Columns are split over threads; each sums
-/// its samples in order.
-pub fn outer_diag<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T]) {
+/// out (p) = Σ_b g_b², the diagonal of `outer_sum` (out += Σ_b g_b² with `accumulate`). Columns
+/// are split over threads; each sums its samples in order.
+pub fn outer_diag<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
     assert!(g.len() == n * p && out.len() == p);
-    out.fill(T::zero());
+    if !accumulate {
+        out.fill(T::zero());
+    }
     let parts = if n * p >= PARALLEL_MIN {
         crate::parallel::num_threads().min(p.div_ceil(64)).max(1)
     } else {
@@ -138,8 +137,16 @@ mod tests {
                 outer(&g, n, p, &mut packed, true);
                 let mut sum = vec![f64::NAN; p * p];
                 let mut diag = vec![f64::NAN; p];
-                outer_sum(&g, n, p, &mut sum);
-                outer_diag(&g, n, p, &mut diag);
+                outer_sum(&g, n, p, &mut sum, false);
+                outer_diag(&g, n, p, &mut diag, false);
+                // Accumulating the two halves of the batch gives the same sums.
+                let (mut sum2, mut diag2) = (vec![0.0; p * p], vec![0.0; p]);
+                let h = n / 2;
+                for (rows, at) in [(h, 0), (n - h, h * p)] {
+                    let part = &g[at..at + rows * p];
+                    outer_sum(part, rows, p, &mut sum2, true);
+                    outer_diag(part, rows, p, &mut diag2, true);
+                }
                 for i in 0..p {
                     for j in 0..p {
                         let mut s = 0.0;
@@ -148,9 +155,10 @@ mod tests {
                             assert_eq!(full[b * p * p + i * p + j], want);
                             s += want;
                         }
-                        assert!((sum[i * p + j] - s).abs() <= 1e-12 * (1.0 + s.abs()));
+                        let close = |x: f64| (x - s).abs() <= 1e-12 * (1.0 + s.abs());
+                        assert!(close(sum[i * p + j]) && close(sum2[i * p + j]));
                         if i == j {
-                            assert!((diag[i] - s).abs() <= 1e-12 * (1.0 + s.abs()));
+                            assert!(close(diag[i]) && close(diag2[i]));
                         }
                     }
                 }

@@ -10,7 +10,8 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{Op, ReduceOp};
-use crate::kernels::SharedMut;
+use crate::kernels::simd::dispatch;
+use crate::kernels::{axpy, SharedMut};
 use crate::program::{Phase, Program};
 use smallvec::SmallVec;
 
@@ -139,40 +140,69 @@ impl<T: Float> Program<T> {
         let scale = T::from_f64(factor);
         let shared = SharedMut::new(out);
         let rows = |r: std::ops::Range<usize>| {
-            for b in r {
-                // SAFETY: row b alone writes this range.
-                let g = unsafe { shared.range(b * p..(b + 1) * p) };
-                for u in &uses {
-                    match *u {
-                        Use::Weight {
-                            step,
-                            a,
-                            offset,
-                            transposed,
-                        } => {
-                            let n = steps[step].shape.len(1);
-                            let k = steps[a].shape.len(1);
-                            let d = &adjoints[step][b * n..(b + 1) * n];
-                            let x = &crate::exec::value(&frame, values, a)[b * k..(b + 1) * k];
-                            for (o, &d) in d.iter().enumerate() {
-                                let dz = scale * d;
-                                for (j, &x) in x.iter().enumerate() {
-                                    let at = if transposed { o * k + j } else { j * n + o };
-                                    g[offset + at] += dz * x;
+            // SAFETY: this task alone writes rows r.
+            let g = unsafe { shared.range(r.start * p..r.end * p) };
+            for u in &uses {
+                match *u {
+                    Use::Weight {
+                        step,
+                        a,
+                        offset,
+                        transposed,
+                    } => {
+                        let (n, k) = (steps[step].shape.len(1), steps[a].shape.len(1));
+                        let (d, x) = (&adjoints[step][..], crate::exec::value(&frame, values, a));
+                        // W (n, k) gets δ_b x_bᵀ; stored (k, n), x_b δ_bᵀ.
+                        let (u, lu, v, lv) = if transposed {
+                            (d, n, x, k)
+                        } else {
+                            (x, k, d, n)
+                        };
+                        dispatch(
+                            #[inline(always)]
+                            || {
+                                for (i, b) in r.clone().enumerate() {
+                                    let at = i * p + offset;
+                                    add_outer(
+                                        &mut g[at..at + lu * lv],
+                                        &u[b * lu..(b + 1) * lu],
+                                        &v[b * lv..(b + 1) * lv],
+                                        scale,
+                                    );
                                 }
-                            }
-                        }
-                        Use::Bias { step, offset } => {
-                            let n = steps[step].shape.len(1);
-                            let d = &adjoints[step][b * n..(b + 1) * n];
-                            let g = &mut g[offset..offset + n];
-                            g.iter_mut().zip(d).for_each(|(g, &d)| *g += scale * d);
-                        }
+                            },
+                        )
+                    }
+                    Use::Bias { step, offset } => {
+                        let (n, d) = (steps[step].shape.len(1), &adjoints[step]);
+                        dispatch(
+                            #[inline(always)]
+                            || {
+                                for (i, b) in r.clone().enumerate() {
+                                    let at = i * p + offset;
+                                    axpy(&mut g[at..at + n], scale, &d[b * n..(b + 1) * n]);
+                                }
+                            },
+                        )
                     }
                 }
             }
         };
         crate::parallel::for_chunks(batch, (1 << 15) / p.max(1), &rows);
         Ok(value)
+    }
+}
+
+/// g (u.len() × v.len(), row-major) += scale · u vᵀ, along g's contiguous rows (or, for one
+/// column, down it), so the inner loop is long and vectorises.
+#[inline(always)]
+fn add_outer<T: Float>(g: &mut [T], u: &[T], v: &[T], scale: T) {
+    let cols = v.len();
+    if cols == 1 {
+        axpy(g, scale * v[0], u);
+        return;
+    }
+    for (r, &ur) in u.iter().enumerate() {
+        axpy(&mut g[r * cols..(r + 1) * cols], scale * ur, v);
     }
 }

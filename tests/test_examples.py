@@ -15,6 +15,6 @@ def test_example_runs(path):
 
 
 def test_main_job_runs():
-    r = subprocess.run([sys.executable, "-m", "fastad", "--no-peers"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "fastad", "--no-peers", "--quick"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "fastad value_and_grad" in r.stdout
+    assert "fastad value_and_grad" in r.stdout and "fastad fisher" in r.stdout

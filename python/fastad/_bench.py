@@ -179,19 +179,115 @@ def wide_rows(peers: bool) -> List[Tuple[str, float, float]]:
     X = np.random.default_rng(0).standard_normal((n, w)).astype(np.float32)
     Y, g = np.empty((n, w), np.float32), np.empty(model.n_params, np.float32)
     gemm = 2.0 * n * w * w * 1e-9  # one layer's product, GFLOP
-    rows = []
-    for m in (1024, 2048):  # the peak: the better of two large square products
-        A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
-        square = fa.compile(lambda a, b: a @ b, A, A)
-        C = np.empty((m, m), np.float32)
-        rows.append((f"fastad GEMM {m}×{m}×{m}", median_seconds(lambda: square(A, A, out=C)),
-                     2.0 * m**3 * 1e-9))
+    # The peak: the better of two large square products.
+    rows = [_gemm_peak_row(1024), _gemm_peak_row(2048)]
     return rows + [
         ("fastad forward (2 products)", median_seconds(lambda: model(X, out=Y)), 2 * gemm),
         # The reverse sweep: both weight gradients and the first layer's input gradient.
         ("fastad value_and_grad (5 products)",
          median_seconds(lambda: model.value_and_grad(X, loss="sse", out=g)), 5 * gemm),
     ]
+
+
+def _seed002_model():
+    """Seed 002's network: Dense(1→32, sigmoid), Dense(32→1), float32 (P = 97), N = 128."""
+    model = fa.Chain(fa.Dense(1, 32, "sigmoid"), fa.Dense(32, 1), dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, (128, 1)).astype(np.float32)
+    Y = (np.sin(X) + 0.1 * rng.standard_normal((128, 1))).astype(np.float32)
+    return model, X, Y
+
+
+def seed002_rows(peers: bool) -> List[Tuple[str, float]]:
+    """Seed 002 (Laplace approximation): per-sample gradients (N, P) and their outer products."""
+    model, X, Y = _seed002_model()
+    n, p = X.shape[0], model.n_params
+    G = model.per_sample_grads(X, Y, loss="mse")
+    out_g = np.empty_like(G)
+    H, Hp = np.empty((n, p, p), np.float32), np.empty((n, p * (p + 1) // 2), np.float32)
+    F, d = np.empty((p, p), np.float32), np.empty(p, np.float32)
+    cases = [
+        ("fastad per_sample_grads(out=G)",
+         lambda: model.per_sample_grads(X, Y, loss="mse", out=out_g)),
+        ("fastad outer(G, out=H)", lambda: fa.outer(G, out=H)),
+        ("fastad outer(G, packed=True, out=)", lambda: fa.outer(G, packed=True, out=Hp)),
+        ("fastad outer_sum(G, out=F)", lambda: fa.outer_sum(G, out=F)),
+        ("fastad fisher(X, Y, out=F)", lambda: model.fisher(X, Y, loss="mse", out=F)),
+        ("fastad outer_diag(G, out=d)", lambda: fa.outer_diag(G, out=d)),
+        ("NumPy einsum outer (out=H)", lambda: np.einsum("bi,bj->bij", G, G, out=H)),
+        ("NumPy H.fill(0) (writing H once)", lambda: H.fill(0.0)),
+    ]
+    if peers:
+        cases += _seed002_jax(model, X, Y) + _seed002_torch(model, X, Y)
+    return _timed(cases)
+
+
+def _seed002_jax(model, X, Y):
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return []
+    (W1, b1), (W2, b2) = [(jnp.asarray(l.weight), jnp.asarray(l.bias)) for l in model.layers]
+
+    def loss(params, x, y):
+        (W1, b1), (W2, b2) = params
+        h = jax.nn.sigmoid(x @ W1.T + b1)
+        return jnp.mean((h @ W2.T + b2 - y) ** 2)
+
+    per_sample = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))
+    params, x, y = ((W1, b1), (W2, b2)), jnp.asarray(X)[:, None], jnp.asarray(Y)[:, None]
+    G = jnp.asarray(model.per_sample_grads(X, Y, loss="mse"))
+    outer = jax.jit(lambda g: jnp.einsum("bi,bj->bij", g, g))
+    return [("JAX jit(vmap(grad))", lambda: jax.block_until_ready(per_sample(params, x, y))),
+            ("JAX jit einsum outer", lambda: jax.block_until_ready(outer(G)))]
+
+
+def _seed002_torch(model, X, Y):
+    try:
+        import torch
+        from torch.func import functional_call, grad, vmap
+    except ImportError:
+        return []
+    net = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.Sigmoid(), torch.nn.Linear(32, 1))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x, y = torch.tensor(X)[:, None], torch.tensor(Y)[:, None]
+
+    def loss(p, xb, yb):
+        return torch.mean((functional_call(net, p, (xb,)) - yb) ** 2)
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
+    G = torch.tensor(model.per_sample_grads(X, Y, loss="mse"))
+    H = torch.empty(G.shape[0], G.shape[1], G.shape[1])
+    return [("PyTorch torch.func vmap(grad)", lambda: per_sample(params, x, y)),
+            ("PyTorch einsum outer (out=H)", lambda: torch.einsum("bi,bj->bij", G, G, out=H))]
+
+
+def fisher_rows(n: int) -> List[Tuple[str, float, float]]:
+    """model.fisher at N samples of a 10 → 64 → 20 → 1 tanh network (P = 2,025), float32, beside
+    the GEMM peak. Rows: (name, seconds, GFLOP), counting the 2·N·P² of Σ g gᵀ."""
+    model = fa.Chain(fa.Dense(10, 64, "tanh"), fa.Dense(64, 20, "tanh"), fa.Dense(20, 1),
+                     dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 10)).astype(np.float32)
+    Y = rng.standard_normal((n, 1)).astype(np.float32)
+    p = model.n_params
+    F = np.empty((p, p), np.float32)
+    rows = [_gemm_peak_row()]
+    for kind in ("empirical", "ggn"):
+        fn = lambda: model.fisher(X, Y, loss="mse", kind=kind, out=F)
+        fn()
+        rows.append((f"fastad fisher(kind={kind!r})",
+                     float(np.median(timeit.repeat(fn, number=1, repeat=3))), 2.0 * n * p * p * 1e-9))
+    return rows
+
+
+def _gemm_peak_row(m: int = 1024) -> Tuple[str, float, float]:
+    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
+    square = fa.compile(lambda a, b: a @ b, A, A)
+    C = np.empty((m, m), np.float32)
+    return (f"fastad GEMM {m}×{m}×{m}", median_seconds(lambda: square(A, A, out=C)),
+            2.0 * m**3 * 1e-9)
 
 
 def _fmt(seconds: float) -> str:
@@ -209,7 +305,8 @@ def _table(title: str, rows: List[Tuple[str, float]], base: str) -> None:
     print()
 
 
-def run(peers: bool = True, sizes: Optional[List[int]] = None) -> None:
+def run(peers: bool = True, sizes: Optional[List[int]] = None,
+        fisher_n: Optional[int] = None) -> None:
     """Prints the seed workloads' table: median time per call and ratios, peers in the same run."""
     print(f"fastad {fa.__version__} — {fa.get_num_threads()} threads; medians\n")
     for n in sizes or [100, 10_000]:
@@ -221,10 +318,18 @@ def run(peers: bool = True, sizes: Optional[List[int]] = None) -> None:
     t = dict(rows)
     print(f"  fastad gradient ÷ fastad forward: "
           f"{t['fastad value_and_grad(X, out=g)'] / t['fastad forward model(X, out=Y)']:.2f}×\n")
-    wide = wide_rows(peers)
-    print("Wide layers: 512 → 512 → 512, tanh, N = 4096, float32")
+    _flops_table("Wide layers: 512 → 512 → 512, tanh, N = 4096, float32", wide_rows(peers))
+    _table("Seed 002 (Laplace): Dense(1→32, sigmoid) → Dense(32→1), N = 128, P = 97, float32",
+           seed002_rows(peers), "÷ first row")
+    n = fisher_n or 100_000
+    _flops_table(f"Fisher Σ_b g_b g_bᵀ: 10 → 64 → 20 → 1 tanh, N = {n:,}, P = 2,025, float32",
+                 fisher_rows(n))
+
+
+def _flops_table(title: str, rows: List[Tuple[str, float, float]]) -> None:
+    print(title)
     print(f"  {'':36s} {'median':>12s}   {'GFLOP/s':>9s}   {'÷ GEMM peak':>11s}")
-    peak = max(gflop / sec for name, sec, gflop in wide if "GEMM" in name)
-    for name, sec, gflop in wide:
+    peak = max(gflop / sec for name, sec, gflop in rows if "GEMM" in name)
+    for name, sec, gflop in rows:
         print(f"  {name:36s} {_fmt(sec)}   {gflop / sec:9.1f}   {gflop / sec / peak:10.0%}")
     print()

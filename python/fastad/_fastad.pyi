@@ -74,7 +74,10 @@ def get_num_threads() -> int:
 def outer(G: Any, out: Optional[NDArray[Any]] = None, packed: bool = False) -> NDArray[Any]:
     """H[b] = g_b g_bᵀ for each row g_b of G (N, P): (N, P, P), or (N, P(P+1)/2) upper triangles
     (row by row) with `packed`. float32 G computes in float32, anything else in float64."""
-def outer_sum(G: Any, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-    """Σ_b g_b g_bᵀ = GᵀG, (P, P): the empirical Fisher of per-sample gradients G (N, P)."""
-def outer_diag(G: Any, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-    """Σ_b g_b², (P,): the diagonal of outer_sum."""
+def outer_sum(G: Any, out: Optional[NDArray[Any]] = None,
+              accumulate: bool = False) -> NDArray[Any]:
+    """Σ_b g_b g_bᵀ = GᵀG, (P, P): the empirical Fisher of per-sample gradients G (N, P).
+    With `accumulate=True` (and `out`), out += GᵀG."""
+def outer_diag(G: Any, out: Optional[NDArray[Any]] = None,
+               accumulate: bool = False) -> NDArray[Any]:
+    """Σ_b g_b², (P,): the diagonal of outer_sum. With `accumulate=True` (and `out`), out += Σ_b g_b²."""

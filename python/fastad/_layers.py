@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _ops
 from ._compile import compile, spec
+from ._fastad import outer_diag, outer_sum
 from ._tracer import Tracer
 
 Activation = Union[None, str, Callable[[Any], Any]]
@@ -183,6 +184,7 @@ class Chain:
             layer._bind(self._params, offset, rng, init)
             offset += layer.n_params
         self._programs: Dict[Any, Any] = {}
+        self._scratch: Dict[Any, np.ndarray] = {}  # reused buffers of the curvature methods
 
     # Parameters ---------------------------------------------------------------------------------
 
@@ -341,3 +343,175 @@ class Chain:
             self.apply, spec((self.n_params,), self.dtype), self._x_spec(), wrt=argnum,
             dtype=self.dtype))
         return prog.vjp(self._params, X, cotangent, out=out)
+
+    # Curvature: Jacobians, Fisher and Gauss-Newton matrices ---------------------------------------
+
+    def jacobian(self, X: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The Jacobian of the outputs with respect to ``params``, (N, K, P): ``J[b, k]`` is the
+        gradient of output k of sample b. One batched reverse pass per output (K in all), each
+        giving every sample's row by the layers' closed form."""
+        X = self._x(X)
+        n, k, p = X.shape[0], self.out_features, self.n_params
+        J = self._out(out, (n, k, p), "out", X)
+        if k == 1:  # J[:, 0, :] is contiguous: write into it directly
+            self._seeded_rows(X, self._unit_seed(n, 0), J.reshape(n, p))
+            return J
+        for r0, r1, buf in self._tiles(n, 1):
+            for c in range(k):
+                self._seeded_rows(X[r0:r1], self._unit_seed(r1 - r0, c), buf)
+                J[r0:r1, c] = buf
+        return J
+
+    def fisher(self, X: Any, Y: Any = None, *, loss: Loss = "sse", kind: str = "empirical",
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+        """A curvature matrix of the loss, (P, P), summed over samples without ever holding the
+        per-sample gradients (N, P) or the Jacobian (N, K, P): batch tiles stream through the
+        GEMM, so memory is of order P² plus one tile whatever N is.
+
+        ``kind="empirical"``: Σ_b g_b g_bᵀ, g_b the per-sample gradients of `per_sample_grads`
+        (any loss that is a sum or mean of per-sample terms). ``kind="ggn"``: the generalised
+        Gauss-Newton matrix Σ_b J_bᵀ Λ_b J_b, J_b the Jacobian of sample b's outputs and Λ_b the
+        Hessian of its own loss term with respect to them: 2I for "sse", (2/K)I for "mse",
+        diag(p) − ppᵀ (times Σ_k y_k for probability targets) with p = softmax for
+        "cross_entropy", diag(σ(1 − σ))/K for "bce_logits". Λ_b is factored as M_bᵀM_b, so the
+        GGN is a sum of outer products of the K rows M_b J_b, each from a reverse pass."""
+        X, Y, rows = self._curvature_rows(X, Y, loss, kind)
+        p = self.n_params
+        F = self._out(out, (p, p), "out", X, Y)
+        F[...] = 0.0
+        for block in rows():
+            outer_sum(block, out=F, accumulate=True)
+        return F
+
+    def fisher_diag(self, X: Any, Y: Any = None, *, loss: Loss = "sse", kind: str = "empirical",
+                    out: Optional[np.ndarray] = None) -> np.ndarray:
+        """The diagonal of `fisher` (same arguments), (P,), streamed the same way."""
+        X, Y, rows = self._curvature_rows(X, Y, loss, kind)
+        d = self._out(out, (self.n_params,), "out", X, Y)
+        d[...] = 0.0
+        for block in rows():
+            outer_diag(block, out=d, accumulate=True)
+        return d
+
+    def per_sample_grad_norms(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
+                              out: Optional[np.ndarray] = None) -> np.ndarray:
+        """‖g_b‖ for each sample's gradient g_b (see `per_sample_grads`), (N,), streamed over
+        batch tiles (the (N, P) gradients are never held)."""
+        X, Y, _ = self._curvature_rows(X, Y, loss, "empirical")
+        norms = self._out(out, (X.shape[0],), "out", X, Y)
+        for r0, r1, buf in self._tiles(X.shape[0], 1):
+            self.per_sample_grads(X[r0:r1], None if Y is None else Y[r0:r1], loss=loss, out=buf)
+            np.einsum("ij,ij->i", buf, buf, out=norms[r0:r1])
+        np.sqrt(norms, out=norms)
+        return norms
+
+    # The pieces behind them.
+
+    # Elements of one tile of per-sample rows: with P ≈ 2,000 a tile has ~500 rows, enough for the
+    # GEMM to run at full speed and small enough to stay in the last-level cache.
+    _TILE_ELEMENTS = 1 << 20
+
+    def _tiles(self, n: int, rows_per_sample: int):
+        """(start, stop, buffer) for each batch tile; the buffer (stop − start, P) is reused."""
+        p = self.n_params
+        t = max(1, min(n, self._TILE_ELEMENTS // max(1, rows_per_sample * p)))
+        key = ("tile", t * rows_per_sample)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty((t * rows_per_sample, p), self.dtype)
+        for r0 in range(0, n, t):
+            r1 = min(n, r0 + t)
+            yield r0, r1, buf[:(r1 - r0) * rows_per_sample]
+
+    def _out(self, out: Optional[np.ndarray], shape: Tuple[int, ...], what: str,
+             *inputs: Any) -> np.ndarray:
+        """`out` checked like the compiled programs check theirs (nothing written on error), or a
+        new array."""
+        if out is None:
+            return np.empty(shape, self.dtype)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"{what} must be a NumPy array of dtype {self.dtype} and shape "
+                            f"{shape}, got {type(out).__name__}")
+        if out.dtype != self.dtype:
+            raise TypeError(f"{what} has dtype {out.dtype}; expected {self.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"{what} has shape {out.shape}; expected {shape}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"{what} must be C-contiguous and writable")
+        for a in (self._params,) + inputs:
+            if isinstance(a, np.ndarray) and np.shares_memory(a, out):
+                raise ValueError(f"{what} overlaps an input (X, Y or the parameters)")
+        return out
+
+    def _seeded_rows(self, X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
+        """out[b] = J_bᵀ C[b]: each sample's vector-Jacobian product with its own cotangent row,
+        as the per-sample gradients of Σ_b f(x_b)·C[b]."""
+        prog = self._program("seeded", lambda: compile(
+            lambda p, X, C: _ops.sum(self.apply(p, X) * C),
+            spec((self.n_params,), self.dtype), self._x_spec(),
+            spec((None, self.out_features), self.dtype), wrt=0, dtype=self.dtype))
+        prog.per_sample_grad(self._params, X, C, out=out)
+
+    def _unit_seed(self, n: int, k: int, scale: Any = 1.0) -> np.ndarray:
+        C = np.zeros((n, self.out_features), self.dtype)
+        C[:, k] = scale
+        return C
+
+    def _curvature_rows(self, X: Any, Y: Any, loss: Loss, kind: str):
+        """Checked X and Y, and a generator of row blocks R (rows, P) whose Σ RᵀR is the
+        curvature matrix of `kind`."""
+        if kind not in ("empirical", "ggn"):
+            raise ValueError(f'kind must be "empirical" or "ggn", got {kind!r}')
+        if kind == "ggn" and not (isinstance(loss, str) and loss in _LOSSES):
+            raise ValueError(
+                f"kind='ggn' needs the Hessian of the loss with respect to the outputs, known for "
+                f"the built-in losses {sorted(_LOSSES)}; got {loss!r}. kind='empirical' takes any "
+                f"loss that is a sum or mean of per-sample terms"
+            )
+        args, Y = self._loss_args(X, Y)
+        X = args[1]
+        self._loss_program(loss, Y, 0.0)  # checks the loss and targets before anything runs
+        n, K = X.shape[0], self.out_features
+
+        def empirical():
+            for r0, r1, buf in self._tiles(n, 1):
+                self.per_sample_grads(X[r0:r1], None if Y is None else Y[r0:r1], loss=loss,
+                                      out=buf)
+                yield buf
+
+        def ggn():
+            for r0, r1, buf in self._tiles(n, K):
+                t = r1 - r0
+                for c, C in enumerate(self._hessian_factor_rows(loss, X[r0:r1],
+                                                                 None if Y is None else Y[r0:r1])):
+                    self._seeded_rows(X[r0:r1], C, buf[c * t:(c + 1) * t])
+                yield buf
+
+        return X, Y, (empirical if kind == "empirical" else ggn)
+
+    def _hessian_factor_rows(self, loss: str, X: np.ndarray, Y: Any):
+        """The K cotangents C_k (rows b: row k of M_b, where Λ_b = M_bᵀ M_b is the Hessian of
+        sample b's loss term with respect to the outputs f(x_b))."""
+        n, K = X.shape[0], self.out_features
+        if loss in ("sse", "mse"):
+            scale = math.sqrt(2.0 if loss == "sse" else 2.0 / K)
+            for k in range(K):
+                yield self._unit_seed(n, k, scale)
+            return
+        f = self(X).astype(np.float64)
+        if loss == "bce_logits":
+            s = 1.0 / (1.0 + np.exp(-f))
+            root = np.sqrt(s * (1.0 - s) / K)
+            for k in range(K):
+                yield self._unit_seed(n, k, root[:, k])
+            return
+        # cross_entropy: Λ = w (diag p − p pᵀ), w = Σ_k y_k (1 for labels); row k of M is
+        # √(w p_k) (e_k − p).
+        p = np.exp(f - f.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        w = np.ones((n, 1)) if np.ndim(Y) == 1 else np.asarray(Y, np.float64).sum(1, keepdims=True)
+        root = np.sqrt(w * p)
+        for k in range(K):
+            C = -p * root[:, k:k + 1]
+            C[:, k] += root[:, k]
+            yield C.astype(self.dtype)

@@ -21,6 +21,16 @@ fn softplus<T: Float>(x: T) -> T {
     x.max(T::zero()) + (-x.abs()).vexp().ln_1p()
 }
 
+/// The output slice reborrowed and an input cut to its length, as locals of the calling loop.
+/// Inside a `dispatch` closure, slices used through the closure's captures are reloaded after
+/// every store (the compiler cannot tell the store does not change them) and bounds-checked, so
+/// the loop stays scalar; these locals let it vectorise.
+#[inline(always)]
+fn in_registers<'a, 'b, T>(out: &'a mut [T], x: &'b [T]) -> (&'a mut [T], &'b [T]) {
+    let n = out.len();
+    (out, &x[..n])
+}
+
 /// y = op(x).
 pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
     fn map<T: Float>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
@@ -31,6 +41,7 @@ pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
             dispatch(
                 #[inline(always)]
                 || {
+                    let (y, x) = in_registers(y, x);
                     for i in 0..y.len() {
                         y[i] = f(x[i]);
                     }
@@ -79,6 +90,8 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
             dispatch(
                 #[inline(always)]
                 || {
+                    let (dx, x) = in_registers(dx, x);
+                    let (y, g) = (&y[..dx.len()], &g[..dx.len()]);
                     for i in 0..dx.len() {
                         dx[i] += g[i] * df(x[i], y[i]);
                     }
@@ -361,7 +374,9 @@ pub fn binary_backward<T: Float>(
                     #[inline(always)]
                     || match (sa, sb) {
                         (false, false) => {
-                            let (a, b) = (&a[r.clone()], &b[r]);
+                            let (d, g) = in_registers(d, g);
+                            let (a, b, y) =
+                                (&a[r.clone()][..d.len()], &b[r][..d.len()], &y[..d.len()]);
                             for k in 0..d.len() {
                                 d[k] += g[k] * df(a[k], b[k], y[k]);
                             }

@@ -11,8 +11,8 @@ use smallvec::{smallvec, SmallVec};
 #[derive(Clone, Copy)]
 enum Kind {
     Each { packed: bool },
-    Sum,
-    Diag,
+    Sum { accumulate: bool },
+    Diag { accumulate: bool },
 }
 
 impl Kind {
@@ -20,8 +20,8 @@ impl Kind {
         match self {
             Kind::Each { packed: false } => smallvec![n, p, p],
             Kind::Each { packed: true } => smallvec![n, crate::outer::packed_len(p)],
-            Kind::Sum => smallvec![p, p],
-            Kind::Diag => smallvec![p],
+            Kind::Sum { .. } => smallvec![p, p],
+            Kind::Diag { .. } => smallvec![p],
         }
     }
 }
@@ -63,8 +63,17 @@ fn run<'py, T: Float + Element>(
     let name = |_: usize| "G".to_string();
     let gv = input_view::<T>(g, &name, 0, Shape::matrix(n, p), &mut BatchSize::default())?;
     let dims = kind.out_dims(n, p);
+    let accumulate = matches!(
+        kind,
+        Kind::Sum { accumulate: true } | Kind::Diag { accumulate: true }
+    );
     let ov = match out {
         Some(o) => out_view::<T>(o, "out", &dims)?,
+        None if accumulate => {
+            return Err(PyValueError::new_err(
+                "accumulate=True adds to out=, so it needs out",
+            ))
+        }
         None => new_out::<T>(py, &dims),
     };
     check_no_aliasing(std::slice::from_ref(&gv), &|_| "G".into(), &[&ov], &|_| {
@@ -74,8 +83,8 @@ fn run<'py, T: Float + Element>(
     let (gs, os) = unsafe { (gv.slice::<T>(), ov.slice::<T>()) };
     py.detach(|| match kind {
         Kind::Each { packed } => crate::outer::outer(gs, n, p, os, packed),
-        Kind::Sum => crate::outer::outer_sum(gs, n, p, os),
-        Kind::Diag => crate::outer::outer_diag(gs, n, p, os),
+        Kind::Sum { accumulate } => crate::outer::outer_sum(gs, n, p, os, accumulate),
+        Kind::Diag { accumulate } => crate::outer::outer_diag(gs, n, p, os, accumulate),
     });
     Ok(ov.array)
 }
@@ -108,23 +117,26 @@ pub fn outer<'py>(
 }
 
 /// F = Σ_b g_b g_bᵀ = GᵀG (P, P): the empirical Fisher of per-sample gradients G (N, P).
+/// With `accumulate=True`, out += GᵀG (to stream a large batch through it in pieces).
 #[pyfunction]
-#[pyo3(signature = (G, out=None))]
+#[pyo3(signature = (G, out=None, accumulate=false))]
 #[allow(non_snake_case)]
 pub fn outer_sum<'py>(
     G: &Bound<'py, PyAny>,
     out: Option<&Bound<'py, PyAny>>,
+    accumulate: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    dispatch(G, out, Kind::Sum)
+    dispatch(G, out, Kind::Sum { accumulate })
 }
 
-/// d = Σ_b g_b² (P,): the diagonal of `outer_sum`.
+/// d = Σ_b g_b² (P,): the diagonal of `outer_sum`; with `accumulate=True`, out += Σ_b g_b².
 #[pyfunction]
-#[pyo3(signature = (G, out=None))]
+#[pyo3(signature = (G, out=None, accumulate=false))]
 #[allow(non_snake_case)]
 pub fn outer_diag<'py>(
     G: &Bound<'py, PyAny>,
     out: Option<&Bound<'py, PyAny>>,
+    accumulate: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    dispatch(G, out, Kind::Diag)
+    dispatch(G, out, Kind::Diag { accumulate })
 }

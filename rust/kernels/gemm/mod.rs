@@ -152,6 +152,7 @@ unsafe fn gemv<T: Float>(
     } else {
         (b.transposed(), a.transposed(), m)
     };
+    let c = &mut c[..len];
     if !accumulate {
         c.fill(T::zero());
     }
@@ -161,11 +162,8 @@ unsafe fn gemv<T: Float>(
         || {
             if b.col_stride == 1 {
                 for p in 0..k {
-                    let ap = at(a, 0, p);
                     let row = std::slice::from_raw_parts(b.ptr.add(p * b.row_stride), len);
-                    for j in 0..len {
-                        c[j] += ap * row[j];
-                    }
+                    crate::kernels::axpy(c, at(a, 0, p), row);
                 }
             } else if b.row_stride == 1 && a.col_stride == 1 {
                 let x = std::slice::from_raw_parts(a.ptr, k);
