@@ -22,18 +22,22 @@ mod exec;
 mod float;
 mod ir;
 pub mod kernels;
+pub mod optim;
 pub mod outer;
 pub mod parallel;
 mod per_sample;
 mod program;
 mod shape;
 mod tiling;
+pub mod train;
 
 pub use error::{Error, ErrorKind, Result};
 pub use float::Float;
 pub use ir::{Axis, BinaryOp, Graph, Node, NodeId, Op, ReduceOp, UnaryOp};
+pub use optim::{Optimizer, Rule};
 pub use program::Program;
 pub use shape::{Dim, Shape};
+pub use train::{Dataset, Schedule, Trainer};
 
 #[cfg(feature = "python")]
 mod python;

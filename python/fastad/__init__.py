@@ -12,7 +12,8 @@ sweeps over preallocated buffers, writes into your arrays (``out=``) and allocat
 >>> v = f.value_and_grad(x, out=g)
 """
 from ._fastad import (
-    Program, allocation_count, get_num_threads, outer, outer_diag, outer_sum, set_num_threads,
+    Program, allocation_count, epoch_order, get_num_threads, outer, outer_diag, outer_sum,
+    set_num_threads,
 )
 from ._compile import Spec, compile, spec
 from ._ops import (
@@ -22,6 +23,8 @@ from ._ops import (
 )
 from ._tracer import Tracer
 from ._layers import Chain, Dense, gelu
+from ._optim import SGD, Adam, AdamW, Optimizer
+from ._io import FormatError, load
 
 __version__ = "0.1.0"
 
@@ -30,5 +33,6 @@ __all__ = [
     "spec", "abs", "bce_logits", "cos", "cross_entropy", "exp", "expm1", "log", "log1p",
     "log_softmax", "logsumexp", "matmul", "maximum", "mean", "minimum", "mse", "relu", "reshape",
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
-    "tanh", "transpose", "outer", "outer_sum", "outer_diag",
+    "tanh", "transpose", "outer", "outer_sum", "outer_diag", "SGD", "Adam", "AdamW", "Optimizer",
+    "FormatError", "load", "epoch_order",
 ]

@@ -81,3 +81,24 @@ def outer_sum(G: Any, out: Optional[NDArray[Any]] = None,
 def outer_diag(G: Any, out: Optional[NDArray[Any]] = None,
                accumulate: bool = False) -> NDArray[Any]:
     """Σ_b g_b², (P,): the diagonal of outer_sum. With `accumulate=True` (and `out`), out += Σ_b g_b²."""
+
+class Optimizer:
+    """The core of fa.SGD / fa.Adam / fa.AdamW: update rule and flat state buffers."""
+    def __init__(self, rule: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8) -> None: ...
+    lr: float
+    @property
+    def steps(self) -> int: ...
+    @property
+    def buffers_per_param(self) -> int: ...
+    def step(self, params: NDArray[Any], grad: Any) -> None: ...
+    def state_buffers(self) -> Optional[NDArray[Any]]: ...
+    def set_state(self, steps: int, buffers: Optional[Any] = None) -> None: ...
+
+def fit_epochs(program: Program, params: NDArray[Any], X: Any, Y: Optional[Any],
+               optimizer: Optimizer, epochs: int, batch_size: int, shuffle: bool, seed: int,
+               first_epoch: int, losses: NDArray[np.float64]) -> None:
+    """Runs `epochs` epochs of training in the core (GIL released); see Chain.fit."""
+def epoch_order(n: int, seed: int, epoch: int) -> NDArray[np.int64]:
+    """The sample order Chain.fit(shuffle=True, seed=seed) uses in epoch `epoch`."""

@@ -14,7 +14,9 @@ import numpy as np
 
 from . import _ops
 from ._compile import compile, spec
-from ._fastad import outer_diag, outer_sum
+from . import _optim
+from ._fastad import fit_epochs, outer_diag, outer_sum
+from ._progress import Progress
 from ._tracer import Tracer
 
 Activation = Union[None, str, Callable[[Any], Any]]
@@ -343,6 +345,64 @@ class Chain:
             self.apply, spec((self.n_params,), self.dtype), self._x_spec(), wrt=argnum,
             dtype=self.dtype))
         return prog.vjp(self._params, X, cotangent, out=out)
+
+    # Training -----------------------------------------------------------------------------------
+
+    def fit(self, X: Any, Y: Any = None, *, loss: Loss = "mse",
+            optimizer: Optional["_optim.Optimizer"] = None, epochs: int = 1, batch_size: int = 32,
+            shuffle: bool = True, seed: int = 0, l2: float = 0.0, progress: bool = False,
+            callback: Optional[Callable[[int, float], Any]] = None) -> np.ndarray:
+        """Trains ``params`` in place and returns the loss of each epoch run, (epochs,) float64.
+
+        The whole loop (shuffling, batching, forward, reverse, update) runs in the Rust core
+        with the GIL released and allocates nothing per step. Each epoch visits the samples in
+        the order ``fa.epoch_order(N, seed, epoch)`` (or in order with ``shuffle=False``), in
+        batches of `batch_size` (the last one may be smaller), one `optimizer` update per batch
+        (default ``fa.Adam()``; its state carries over between calls). The loss of an epoch is
+        the mean of its batch losses weighted by batch size. `loss` and `l2` as in `loss`.
+
+        ``progress=True`` shows a progress bar with the current loss (tqdm when installed).
+        ``callback(epoch, loss)`` is called after every epoch; returning True stops training.
+        """
+        for name, v, least in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < least:
+                raise ValueError(f"{name} must be an integer ≥ {least}, got {v!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        opt = _optim.optional(optimizer)
+        args, Yc = self._loss_args(X, Y)
+        X = np.ascontiguousarray(args[1], self.dtype)  # converted once, not per epoch
+        if Yc is not None:
+            Yc = np.ascontiguousarray(Yc, self.dtype)
+        prog = self._loss_program(loss, Yc, l2)
+        losses = np.full(int(epochs), np.nan)
+
+        def run(first: int, count: int) -> None:
+            fit_epochs(prog, self._params, X, Yc, opt._core, count, int(batch_size),
+                       bool(shuffle), int(seed) % 2**64, first, losses[first:first + count])
+
+        if not progress and callback is None:
+            run(0, int(epochs))
+            return losses
+        bar = Progress(int(epochs)) if progress else None
+        try:
+            for e in range(int(epochs)):
+                run(e, 1)
+                if bar is not None:
+                    bar.update(losses[e])
+                if callback is not None and callback(e, float(losses[e])) is True:
+                    return losses[:e + 1]
+        finally:
+            if bar is not None:
+                bar.close()
+        return losses
+
+    def save(self, path: Any, *, optimizer: Optional["_optim.Optimizer"] = None) -> None:
+        """Writes the model (and, when given, the optimiser's state) to `path` in fastad's
+        pickle-free format (see ``fa.load``). Atomic: the file is written beside `path` and
+        renamed over it, so a failed save leaves any previous file intact."""
+        from ._io import save
+        save(self, path, optimizer)
 
     # Curvature: Jacobians, Fisher and Gauss-Newton matrices ---------------------------------------
 

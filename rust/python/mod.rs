@@ -1,12 +1,14 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
-//! `outer` (batched outer products), `arrays` (NumPy argument checks).
+//! `outer` (batched outer products), `train` (optimisers, training loops), `arrays` (NumPy
+//! argument checks).
 use pyo3::prelude::*;
 
 mod arrays;
 mod graph;
 mod outer;
 mod program;
+mod train;
 
 /// Counting allocations lets users and tests check that a replay allocates nothing.
 #[global_allocator]
@@ -53,5 +55,8 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;
+    m.add_class::<train::Optimizer>()?;
+    m.add_function(wrap_pyfunction!(train::fit_epochs, m)?)?;
+    m.add_function(wrap_pyfunction!(train::epoch_order, m)?)?;
     Ok(())
 }

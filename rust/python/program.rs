@@ -12,7 +12,7 @@ use pyo3::types::{PyFloat, PyTuple};
 use smallvec::SmallVec;
 use std::sync::Mutex;
 
-enum Typed {
+pub(super) enum Typed {
     F32(Mutex<crate::Program<f32>>),
     F64(Mutex<crate::Program<f64>>),
 }
@@ -31,8 +31,8 @@ enum Mode {
 /// Calls on one program from several threads are safe; they run one at a time.
 #[pyclass(module = "fastad._fastad", frozen)]
 pub struct Program {
-    typed: Typed,
-    arg_shapes: Vec<Shape>,
+    pub(super) typed: Typed,
+    pub(super) arg_shapes: Vec<Shape>,
     arg_names: Vec<String>,
     output_shape: Shape,
     wrt: Vec<usize>,
@@ -224,7 +224,7 @@ impl Program {
         }
     }
 
-    fn arg_name(&self, k: usize) -> String {
+    pub(super) fn arg_name(&self, k: usize) -> String {
         if k < self.arg_names.len() {
             format!("argument {k} ({})", self.arg_names[k])
         } else {

@@ -1,0 +1,417 @@
+//! `Optimizer` (the state behind `fa.SGD`, `fa.Adam`, `fa.AdamW`) and `fit_epochs`, the training
+//! loop: argument checks around `crate::optim` and `crate::train`; the loop runs without the GIL.
+use super::arrays::{check_no_aliasing, input_view, new_out, out_view, BatchSize};
+use super::program::{Program, Typed};
+use super::to_py_err;
+use crate::float::Float;
+use crate::optim::Rule;
+use crate::shape::Shape;
+use crate::train::{Dataset, Schedule, Trainer};
+use numpy::{Element, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use std::sync::Mutex;
+
+/// The optimiser's state: none before the first step (it takes the dtype and length of the
+/// parameters it first updates), then flat buffers of that dtype.
+enum State {
+    Fresh { lr: f64, steps: u64 },
+    F32(crate::Optimizer<f32>),
+    F64(crate::Optimizer<f64>),
+}
+
+impl State {
+    fn lr(&self) -> f64 {
+        match self {
+            State::Fresh { lr, .. } => *lr,
+            State::F32(o) => o.lr,
+            State::F64(o) => o.lr,
+        }
+    }
+    fn steps(&self) -> u64 {
+        match self {
+            State::Fresh { steps, .. } => *steps,
+            State::F32(o) => o.steps,
+            State::F64(o) => o.steps,
+        }
+    }
+}
+
+/// Gives the typed optimiser for `T` and `len` parameters, creating it on first use.
+trait Typed_: Float + Element {
+    fn typed(state: &mut State, rule: Rule, len: usize) -> PyResult<&mut crate::Optimizer<Self>>;
+}
+
+macro_rules! typed_state {
+    ($t:ty, $variant:ident) => {
+        impl Typed_ for $t {
+            fn typed(
+                state: &mut State,
+                rule: Rule,
+                len: usize,
+            ) -> PyResult<&mut crate::Optimizer<$t>> {
+                if let State::Fresh { lr, steps } = *state {
+                    let mut o = crate::Optimizer::new(rule, lr, len).map_err(to_py_err)?;
+                    o.steps = steps;
+                    *state = State::$variant(o);
+                }
+                let held = match &*state {
+                    State::$variant(o) if o.len() == len => None,
+                    State::F32(o) => Some(format!("{} float32", o.len())),
+                    State::F64(o) => Some(format!("{} float64", o.len())),
+                    State::Fresh { .. } => unreachable!("created above"),
+                };
+                let Some(held) = held else {
+                    let State::$variant(o) = state else {
+                        unreachable!("matched above")
+                    };
+                    return Ok(o);
+                };
+                Err(PyValueError::new_err(format!(
+                    "this optimizer holds state for {held} parameters, not {len} {}: use one \
+                     optimizer per model",
+                    <$t>::NAME
+                )))
+            }
+        }
+    };
+}
+typed_state!(f32, F32);
+typed_state!(f64, F64);
+
+/// A first-order optimiser whose state lives in flat buffers the size of the parameters.
+#[pyclass(module = "fastad._fastad", frozen)]
+pub struct Optimizer {
+    rule: Rule,
+    state: Mutex<State>,
+}
+
+impl Optimizer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl Optimizer {
+    /// `rule` is "sgd", "adam" or "adamw"; see `fa.SGD`, `fa.Adam`, `fa.AdamW`.
+    #[new]
+    #[pyo3(signature = (rule, lr, momentum=0.0, nesterov=false, weight_decay=0.0, beta1=0.9,
+                        beta2=0.999, eps=1e-8))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rule: &str,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> PyResult<Self> {
+        let adam = |decoupled| Rule::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+        };
+        let rule = match rule {
+            "sgd" => Rule::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            },
+            "adam" => adam(false),
+            "adamw" => adam(true),
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown optimizer rule {rule:?}; use \"sgd\", \"adam\" or \"adamw\""
+                )))
+            }
+        };
+        rule.validate().map_err(to_py_err)?;
+        crate::optim::check_lr(lr).map_err(to_py_err)?;
+        Ok(Optimizer {
+            rule,
+            state: Mutex::new(State::Fresh { lr, steps: 0 }),
+        })
+    }
+
+    /// The learning rate (settable, for schedules).
+    #[getter]
+    fn lr(&self) -> f64 {
+        self.lock().lr()
+    }
+
+    #[setter]
+    fn set_lr(&self, lr: f64) -> PyResult<()> {
+        crate::optim::check_lr(lr).map_err(to_py_err)?;
+        match &mut *self.lock() {
+            State::Fresh { lr: l, .. } => *l = lr,
+            State::F32(o) => o.lr = lr,
+            State::F64(o) => o.lr = lr,
+        }
+        Ok(())
+    }
+
+    /// Updates taken so far.
+    #[getter]
+    fn steps(&self) -> u64 {
+        self.lock().steps()
+    }
+
+    /// State buffers per parameter (Adam 2: first and second moments; SGD 1 with momentum, else 0).
+    #[getter]
+    fn buffers_per_param(&self) -> usize {
+        self.rule.buffers()
+    }
+
+    /// One in-place update of `params` (a writable float32 or float64 vector) from `grad`.
+    fn step(&self, params: &Bound<'_, PyAny>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (len, single) = vector_len_and_dtype(params, "params")?;
+        if single {
+            self.step_typed::<f32>(params, grad, len)
+        } else {
+            self.step_typed::<f64>(params, grad, len)
+        }
+    }
+
+    /// A copy of the state buffers, (buffers_per_param · P,), or None before the first step
+    /// (and for plain SGD, which keeps none).
+    fn state_buffers<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        fn copy<'py, T: Float + Element>(py: Python<'py>, s: &[T]) -> Bound<'py, PyAny> {
+            let out = new_out::<T>(py, &[s.len()]);
+            // SAFETY: a new array of T, s.len() long.
+            unsafe { out.slice::<T>() }.copy_from_slice(s);
+            out.array
+        }
+        match &*self.lock() {
+            State::F32(o) if !o.state.is_empty() => Some(copy(py, &o.state)),
+            State::F64(o) if !o.state.is_empty() => Some(copy(py, &o.state)),
+            _ => None,
+        }
+    }
+
+    /// Restores `steps` and the state buffers (as `state_buffers` gave them; None for none).
+    #[pyo3(signature = (steps, buffers=None))]
+    fn set_state(&self, steps: u64, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let per = self.rule.buffers();
+        let mut state = self.lock();
+        let lr = state.lr();
+        let Some(b) = buffers.filter(|_| per > 0) else {
+            if buffers.is_some() {
+                return Err(PyValueError::new_err(
+                    "this optimizer keeps no state buffers; pass buffers=None",
+                ));
+            }
+            *state = State::Fresh { lr, steps };
+            return Ok(());
+        };
+        let (total, single) = vector_len_and_dtype(b, "buffers")?;
+        if total % per != 0 {
+            return Err(PyValueError::new_err(format!(
+                "buffers has {total} elements; expected {per} buffers of the parameters' length"
+            )));
+        }
+        fn restore<T: Typed_>(
+            b: &Bound<'_, PyAny>,
+            rule: Rule,
+            lr: f64,
+            steps: u64,
+            per: usize,
+            total: usize,
+        ) -> PyResult<State> {
+            let mut fresh = State::Fresh { lr, steps };
+            let o = T::typed(&mut fresh, rule, total / per)?;
+            let v = input_view::<T>(
+                b,
+                &|_| "buffers".into(),
+                0,
+                Shape::vector(total),
+                &mut BatchSize::default(),
+            )?;
+            // SAFETY: checked for T and `total` elements.
+            o.state.copy_from_slice(unsafe { v.slice::<T>() });
+            Ok(fresh)
+        }
+        *state = if single {
+            restore::<f32>(b, self.rule, lr, steps, per, total)?
+        } else {
+            restore::<f64>(b, self.rule, lr, steps, per, total)?
+        };
+        Ok(())
+    }
+}
+
+impl Optimizer {
+    fn step_typed<T: Typed_>(
+        &self,
+        params: &Bound<'_, PyAny>,
+        grad: &Bound<'_, PyAny>,
+        len: usize,
+    ) -> PyResult<()> {
+        let pv = out_view::<T>(params, "params", &[len])?;
+        let gv = input_view::<T>(
+            grad,
+            &|_| "grad".into(),
+            0,
+            Shape::vector(len),
+            &mut BatchSize::default(),
+        )?;
+        check_no_aliasing(
+            std::slice::from_ref(&gv),
+            &|_| "grad".into(),
+            &[&pv],
+            &|_| "params".into(),
+        )?;
+        let mut state = self.lock();
+        let o = T::typed(&mut state, self.rule, len)?;
+        // SAFETY: both views checked for T and `len` elements, not overlapping.
+        let (p, g) = unsafe { (pv.slice::<T>(), gv.slice::<T>()) };
+        o.step(p, g).map_err(to_py_err)
+    }
+}
+
+/// The length of a 1-D float array and whether it is float32 (else float64).
+fn vector_len_and_dtype(a: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, bool)> {
+    let arr = a.cast::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a NumPy float32 or float64 array"))
+    })?;
+    let py = a.py();
+    let single = arr.dtype().is_equiv_to(&numpy::dtype::<f32>(py));
+    if !single && !arr.dtype().is_equiv_to(&numpy::dtype::<f64>(py)) {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be float32 or float64, got {}",
+            arr.dtype().str()?
+        )));
+    }
+    match arr.shape() {
+        &[n] => Ok((n, single)),
+        s => Err(PyValueError::new_err(format!(
+            "{what} must be a vector (P,), got shape {}",
+            super::arrays::fmt_dims(s)
+        ))),
+    }
+}
+
+/// Runs `epochs` epochs of training, numbered from `first_epoch` (which picks each shuffle),
+/// updating `params` in place and writing each epoch's loss into `losses` (float64, (epochs,)).
+/// `program` is a scalar loss of (params, X[, Y]) compiled with wrt=0.
+#[pyfunction]
+#[pyo3(signature = (program, params, X, Y, optimizer, epochs, batch_size, shuffle, seed,
+                    first_epoch, losses))]
+#[allow(non_snake_case, clippy::too_many_arguments)]
+pub fn fit_epochs(
+    program: &Program,
+    params: &Bound<'_, PyAny>,
+    X: &Bound<'_, PyAny>,
+    Y: Option<&Bound<'_, PyAny>>,
+    optimizer: &Optimizer,
+    epochs: usize,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+    first_epoch: u64,
+    losses: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let schedule = Schedule {
+        batch_size,
+        shuffle,
+        seed,
+    };
+    let run = Run {
+        program,
+        params,
+        x: X,
+        y: Y,
+        optimizer,
+        epochs,
+        schedule,
+        first_epoch,
+        losses,
+    };
+    match &program.typed {
+        Typed::F32(p) => run.typed::<f32>(p),
+        Typed::F64(p) => run.typed::<f64>(p),
+    }
+}
+
+struct Run<'a, 'py> {
+    program: &'a Program,
+    params: &'a Bound<'py, PyAny>,
+    x: &'a Bound<'py, PyAny>,
+    y: Option<&'a Bound<'py, PyAny>>,
+    optimizer: &'a Optimizer,
+    epochs: usize,
+    schedule: Schedule,
+    first_epoch: u64,
+    losses: &'a Bound<'py, PyAny>,
+}
+
+// Raw views cross into the GIL-free section; the owning arrays stay alive in the caller.
+struct SendPtr<T>(T);
+unsafe impl<T> Send for SendPtr<T> {}
+
+impl Run<'_, '_> {
+    fn typed<T: Typed_>(&self, program: &Mutex<crate::Program<T>>) -> PyResult<()> {
+        let shapes = &self.program.arg_shapes;
+        let expected_args = 2 + usize::from(self.y.is_some());
+        if shapes.len() != expected_args {
+            return Err(PyValueError::new_err(format!(
+                "the loss program takes {} arguments; training passes {expected_args} (params, X{})",
+                shapes.len(),
+                if self.y.is_some() { ", Y" } else { "" }
+            )));
+        }
+        let p_len = shapes[0].len(0);
+        let name = |k: usize| self.program.arg_name(k);
+        let pv = out_view::<T>(self.params, "params", &[p_len])?;
+        let mut batch = BatchSize::default();
+        let xv = input_view::<T>(self.x, &name, 1, shapes[1], &mut batch)?;
+        let mut inputs = vec![xv];
+        if let Some(y) = self.y {
+            inputs.push(input_view::<T>(y, &name, 2, shapes[2], &mut batch)?);
+        }
+        let rows = batch.get();
+        let lv = out_view::<f64>(self.losses, "losses", &[self.epochs])?;
+        check_no_aliasing(&inputs, &|k| name(k + 1), &[&pv, &lv], &|i| {
+            ["params", "losses"][i].into()
+        })?;
+        let mut state = self.optimizer.lock();
+        let opt = T::typed(&mut state, self.optimizer.rule, p_len)?;
+        // SAFETY: views checked for their types and lengths; outputs overlap nothing.
+        let (params, losses) = unsafe { (pv.slice::<T>(), lv.slice::<f64>()) };
+        let x = unsafe { inputs[0].slice::<T>() };
+        let y = inputs.get(1).map(|v| unsafe { v.slice::<T>() });
+        let (schedule, first, epochs) = (self.schedule, self.first_epoch, self.epochs);
+        let work = SendPtr((params, losses, x, y, opt));
+        let result = self.params.py().detach(move || -> crate::Result<()> {
+            let SendPtr((params, losses, x, y, opt)) = work;
+            let mut program = program.lock().unwrap_or_else(|e| e.into_inner());
+            let data = Dataset { x, y, rows };
+            let mut trainer = Trainer::new(&program, &data, &schedule)?;
+            for (e, loss) in losses.iter_mut().enumerate().take(epochs) {
+                *loss = trainer.epoch(
+                    &mut program,
+                    params,
+                    &data,
+                    &schedule,
+                    first + e as u64,
+                    opt,
+                )?;
+            }
+            Ok(())
+        });
+        result.map_err(to_py_err)
+    }
+}
+
+/// The sample order `fit(..., shuffle=True, seed=seed)` uses in epoch `epoch` (0-based), as an
+/// int64 array: for reproducing a run outside fastad.
+#[pyfunction]
+pub fn epoch_order<'py>(py: Python<'py>, n: usize, seed: u64, epoch: u64) -> Bound<'py, PyAny> {
+    let mut order = vec![0usize; n];
+    crate::train::epoch_order(&mut order, seed, epoch);
+    numpy::PyArray1::<i64>::from_iter(py, order.iter().map(|&o| o as i64)).into_any()
+}
