@@ -24,6 +24,8 @@ pub struct Schedule {
 
 /// The buffers of a training run: the epoch's sample order, one gathered batch, the gradient.
 pub struct Trainer<T> {
+    /// Elements per sample of X and of Y (0 without targets).
+    widths: (usize, usize),
     order: Vec<usize>,
     xb: Vec<T>,
     yb: Vec<T>,
@@ -67,6 +69,7 @@ impl<T: Float> Trainer<T> {
         };
         let b = schedule.batch_size.min(data.rows);
         Ok(Trainer {
+            widths: (xw, yw),
             order: (0..data.rows).collect(),
             xb: vec![T::zero(); b * xw],
             yb: vec![T::zero(); b * yw],
@@ -90,8 +93,7 @@ impl<T: Float> Trainer<T> {
         if schedule.shuffle {
             epoch_order(&mut self.order, schedule.seed, epoch);
         }
-        let xw = self.xb.len() / schedule.batch_size.min(n).max(1);
-        let yw = self.yb.len() / schedule.batch_size.min(n).max(1);
+        let (xw, yw) = self.widths;
         let mut total = 0.0;
         for start in (0..n).step_by(schedule.batch_size) {
             let end = (start + schedule.batch_size).min(n);

@@ -97,6 +97,14 @@ def loss_np(name, Y, T):
     raise ValueError(name)
 
 
+def loss_value_and_grad_np(model, X, T, loss):
+    """The loss of the network on X against T and its parameter gradient, by the NumPy reference."""
+    layers = layers_np(model)
+    hs, zs = forward_np(layers, X)
+    value, dY = loss_np(loss, hs[-1], T)
+    return value, backward_np(layers, hs, zs, dY)[0]
+
+
 def make_model(acts=(None, None), sizes=(3, 5, 4, 2), dtype=np.float64, seed=0):
     layers = [fa.Dense(sizes[i], sizes[i + 1], acts[i] if i < len(acts) else None)
               for i in range(len(sizes) - 1)]
@@ -179,10 +187,7 @@ def test_value_and_grad_matches_numpy_and_finite_differences(loss, kind, act, n)
     model = make_model((act, None), sizes=(3, 4, 3))
     X = rng.normal(size=(n, 3))
     T = targets(kind, n, 3, rng)
-    layers = layers_np(model)
-    hs, zs = forward_np(layers, X)
-    want_value, dY = loss_np(loss, hs[-1], T)
-    want_grad, _ = backward_np(layers, hs, zs, dY)
+    want_value, want_grad = loss_value_and_grad_np(model, X, T, loss)
 
     value, grad = model.value_and_grad(X, T, loss=loss)
     assert value == pytest.approx(want_value, rel=1e-12)
@@ -257,10 +262,7 @@ def test_one_and_two_threads_agree_on_a_wide_layer():
         fa.set_num_threads(old)
     assert v1 == pytest.approx(v2, rel=1e-13)
     assert_close_rel(g1, g2, 1e-13)
-    layers = layers_np(model)
-    hs, zs = forward_np(layers, X)
-    want, _ = backward_np(layers, hs, zs, loss_np("mse", hs[-1], T)[1])
-    assert_close_rel(g2, want, 1e-12)
+    assert_close_rel(g2, loss_value_and_grad_np(model, X, T, "mse")[1], 1e-12)
 
 
 def test_given_weights_are_used_and_layer_views_write_through():

@@ -5,7 +5,7 @@ import pytest
 
 import fastad as fa
 from conftest import assert_close_rel
-from test_layers import backward_np, forward_np, layers_np, loss_np, targets
+from test_layers import backward_np, forward_np, layers_np, loss_value_and_grad_np, targets
 
 
 def wide_model(dtype=np.float64):
@@ -32,10 +32,7 @@ def test_tiled_gradients_match_numpy(loss, kind, threads):
     n = 5 * prog.tile_rows + 7  # several tiles and a ragged last one
     X = rng.normal(size=(n, 3))
     T = targets(kind, n, 4, rng)
-    layers = layers_np(model)
-    hs, zs = forward_np(layers, X)
-    want_value, dY = loss_np(loss, hs[-1], T)
-    want_grad, _ = backward_np(layers, hs, zs, dY)
+    want_value, want_grad = loss_value_and_grad_np(model, X, T, loss)
     value, grad = model.value_and_grad(X, T, loss=loss, l2=0.1)
     p = model.params
     assert value == pytest.approx(want_value + 0.005 * np.sum(p * p), rel=1e-12)

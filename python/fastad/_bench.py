@@ -21,6 +21,11 @@ def median_seconds(fn: Callable[[], object], min_time: float = 0.2, repeat: int 
     return float(np.median(timeit.repeat(fn, number=number, repeat=repeat)) / number)
 
 
+def median_of_single_runs(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Median of `repeat` single calls, for workloads that take tens of milliseconds or more."""
+    return float(np.median(timeit.repeat(fn, number=1, repeat=repeat)))
+
+
 def eam(x):
     rho = fa.sum(fa.exp(-3.0 * (x + 1.0)))
     return rho**2 + rho**3 + 0.25 * rho**4
@@ -278,7 +283,7 @@ def training_rows(peers: bool) -> List[Tuple[str, float]]:
     if peers:
         cases += _training_torch(model, X, Y)
     fastad_fit()
-    return [(name, float(np.median(timeit.repeat(fn, number=1, repeat=3)))) for name, fn in cases]
+    return [(name, median_of_single_runs(fn)) for name, fn in cases]
 
 
 def _training_torch(model, X, Y):
@@ -317,7 +322,7 @@ def fisher_rows(n: int) -> List[Tuple[str, float, float]]:
         fn = lambda: model.fisher(X, Y, loss="mse", kind=kind, out=F)
         fn()
         rows.append((f"fastad fisher(kind={kind!r})",
-                     float(np.median(timeit.repeat(fn, number=1, repeat=3))), 2.0 * n * p * p * 1e-9))
+                     median_of_single_runs(fn), 2.0 * n * p * p * 1e-9))
     return rows
 
 

@@ -439,7 +439,7 @@ class Chain:
         p = self.n_params
         F = self._out(out, (p, p), "out", X, Y)
         F[...] = 0.0
-        for block in rows():
+        for _, _, block in rows():
             outer_sum(block, out=F, accumulate=True)
         return F
 
@@ -449,7 +449,7 @@ class Chain:
         X, Y, rows = self._curvature_rows(X, Y, loss, kind)
         d = self._out(out, (self.n_params,), "out", X, Y)
         d[...] = 0.0
-        for block in rows():
+        for _, _, block in rows():
             outer_diag(block, out=d, accumulate=True)
         return d
 
@@ -457,11 +457,10 @@ class Chain:
                               out: Optional[np.ndarray] = None) -> np.ndarray:
         """‖g_b‖ for each sample's gradient g_b (see `per_sample_grads`), (N,), streamed over
         batch tiles (the (N, P) gradients are never held)."""
-        X, Y, _ = self._curvature_rows(X, Y, loss, "empirical")
+        X, Y, rows = self._curvature_rows(X, Y, loss, "empirical")
         norms = self._out(out, (X.shape[0],), "out", X, Y)
-        for r0, r1, buf in self._tiles(X.shape[0], 1):
-            self.per_sample_grads(X[r0:r1], None if Y is None else Y[r0:r1], loss=loss, out=buf)
-            np.einsum("ij,ij->i", buf, buf, out=norms[r0:r1])
+        for r0, r1, G in rows():
+            np.einsum("ij,ij->i", G, G, out=norms[r0:r1])
         np.sqrt(norms, out=norms)
         return norms
 
@@ -518,8 +517,9 @@ class Chain:
         return C
 
     def _curvature_rows(self, X: Any, Y: Any, loss: Loss, kind: str):
-        """Checked X and Y, and a generator of row blocks R (rows, P) whose Σ RᵀR is the
-        curvature matrix of `kind`."""
+        """Checked X and Y, and a generator of (start, stop, R) per batch tile: R (rows, P) are
+        the tile's rows, whose Σ RᵀR over the tiles is the curvature matrix of `kind` (for
+        "empirical", R holds samples start..stop's gradients)."""
         if kind not in ("empirical", "ggn"):
             raise ValueError(f'kind must be "empirical" or "ggn", got {kind!r}')
         if kind == "ggn" and not (isinstance(loss, str) and loss in _LOSSES):
@@ -530,14 +530,14 @@ class Chain:
             )
         args, Y = self._loss_args(X, Y)
         X = args[1]
-        self._loss_program(loss, Y, 0.0)  # checks the loss and targets before anything runs
+        prog = self._loss_program(loss, Y, 0.0)  # checks the loss and targets up front
         n, K = X.shape[0], self.out_features
 
         def empirical():
             for r0, r1, buf in self._tiles(n, 1):
-                self.per_sample_grads(X[r0:r1], None if Y is None else Y[r0:r1], loss=loss,
-                                      out=buf)
-                yield buf
+                args = (X[r0:r1],) if Y is None else (X[r0:r1], Y[r0:r1])
+                prog.per_sample_grad(self._params, *args, out=buf)
+                yield r0, r1, buf
 
         def ggn():
             for r0, r1, buf in self._tiles(n, K):
@@ -545,7 +545,7 @@ class Chain:
                 for c, C in enumerate(self._hessian_factor_rows(loss, X[r0:r1],
                                                                  None if Y is None else Y[r0:r1])):
                     self._seeded_rows(X[r0:r1], C, buf[c * t:(c + 1) * t])
-                yield buf
+                yield r0, r1, buf
 
         return X, Y, (empirical if kind == "empirical" else ggn)
 
