@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{Axis, Op};
+use crate::kernels::add_row_combination;
 use crate::kernels::elementwise::{
     binary_backward, binary_forward, unary_backward, unary_forward, Broadcast, Side,
 };
@@ -361,11 +362,7 @@ pub(crate) fn forward_step<T: Float>(
             let (m, k, n) = matmul_dims(steps, batch, a, b, ta, tb);
             let op = |data, transposed| Operand { data, transposed };
             let accumulate = if let Op::Affine { bias, .. } = steps[i].op {
-                if n > 0 {
-                    let bias = val(bias);
-                    out.chunks_exact_mut(n)
-                        .for_each(|row| row.copy_from_slice(bias));
-                }
+                crate::kernels::fill_rows(&mut out[..m * n], &val(bias)[..n]);
                 true
             } else {
                 false
@@ -438,8 +435,11 @@ pub(crate) fn backward_step<T: Float>(
                     crate::kernels::simd::dispatch(
                         #[inline(always)]
                         || {
-                            for row in g.chunks_exact(n) {
-                                crate::kernels::axpy(d, T::one(), row);
+                            if n == 1 {
+                                d[0] += crate::kernels::reduce::sum(g);
+                            } else {
+                                let rows = g.len() / n;
+                                add_row_combination(d, rows, |_| T::one(), |r| &g[r * n..]);
                             }
                         },
                     );

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{Op, ReduceOp};
 use crate::kernels::simd::dispatch;
-use crate::kernels::{axpy, SharedMut};
+use crate::kernels::{axpy, scaled, SharedMut};
 use crate::program::{Phase, Program};
 use smallvec::SmallVec;
 
@@ -118,6 +118,16 @@ impl<T: Float> Program<T> {
         Ok((uses, factor))
     }
 
+    /// Elements of the parameters a use reads.
+    fn use_len(&self, u: &Use) -> usize {
+        match *u {
+            Use::Weight { step, a, .. } => {
+                self.steps[step].shape.len(1) * self.steps[a].shape.len(1)
+            }
+            Use::Bias { step, .. } => self.steps[step].shape.len(1),
+        }
+    }
+
     /// Writes row b of `out` (batch × P) = the gradient of sample b's term of the loss with
     /// respect to the differentiated argument (P elements). Returns the loss.
     pub fn per_sample_grad(&mut self, args: &[&[T]], out: &mut [T]) -> Result<T> {
@@ -134,7 +144,12 @@ impl<T: Float> Program<T> {
         self.forward(args, batch)?;
         self.backward(args, batch, None);
         let value = self.output_value(args, batch)[0];
-        out.fill(T::zero());
+        // Each use writes its own range of every row; where uses share parameters (one weight
+        // read twice) the later ones add to it, and ranges no use writes stay zero.
+        let (first, covered) = first_writes(&uses, |u| self.use_len(u));
+        if covered < p {
+            out.fill(T::zero());
+        }
         let frame = crate::exec::Frame::new(&self.steps, args, batch);
         let (steps, values, adjoints) = (&self.steps, &self.values, &self.adjoints);
         let scale = T::from_f64(factor);
@@ -142,7 +157,14 @@ impl<T: Float> Program<T> {
         let rows = |r: std::ops::Range<usize>| {
             // SAFETY: this task alone writes rows r.
             let g = unsafe { shared.range(r.start * p..r.end * p) };
-            for u in &uses {
+            for (u, &assign) in uses.iter().zip(&first) {
+                let write = move |g: &mut [T], a: T, x: &[T]| {
+                    if assign {
+                        scaled(g, a, x)
+                    } else {
+                        axpy(g, a, x)
+                    }
+                };
                 match *u {
                     Use::Weight {
                         step,
@@ -158,29 +180,25 @@ impl<T: Float> Program<T> {
                         } else {
                             (x, k, d, n)
                         };
+                        let (u, v) = (&u[r.start * lu..r.end * lu], &v[r.start * lv..r.end * lv]);
                         dispatch(
                             #[inline(always)]
                             || {
-                                for (i, b) in r.clone().enumerate() {
-                                    let at = i * p + offset;
-                                    add_outer(
-                                        &mut g[at..at + lu * lv],
-                                        &u[b * lu..(b + 1) * lu],
-                                        &v[b * lv..(b + 1) * lv],
-                                        scale,
-                                    );
+                                let samples = g.chunks_exact_mut(p).zip(u.chunks_exact(lu));
+                                for ((g, u), v) in samples.zip(v.chunks_exact(lv)) {
+                                    outer(&mut g[offset..offset + lu * lv], u, v, scale, write);
                                 }
                             },
                         )
                     }
                     Use::Bias { step, offset } => {
-                        let (n, d) = (steps[step].shape.len(1), &adjoints[step]);
+                        let n = steps[step].shape.len(1);
+                        let d = &adjoints[step][r.start * n..r.end * n];
                         dispatch(
                             #[inline(always)]
                             || {
-                                for (i, b) in r.clone().enumerate() {
-                                    let at = i * p + offset;
-                                    axpy(&mut g[at..at + n], scale, &d[b * n..(b + 1) * n]);
+                                for (g, d) in g.chunks_exact_mut(p).zip(d.chunks_exact(n)) {
+                                    write(&mut g[offset..offset + n], scale, d);
                                 }
                             },
                         )
@@ -193,16 +211,41 @@ impl<T: Float> Program<T> {
     }
 }
 
-/// g (u.len() × v.len(), row-major) += scale · u vᵀ, along g's contiguous rows (or, for one
-/// column, down it), so the inner loop is long and vectorises.
+/// g (u.len() × v.len(), row-major) = or += scale · u vᵀ, by `write(g_row, a, x)` (g_row = or
+/// += a·x) along g's contiguous rows (or, for one column, down it), so the inner loop is long
+/// and vectorises.
 #[inline(always)]
-fn add_outer<T: Float>(g: &mut [T], u: &[T], v: &[T], scale: T) {
+fn outer<T: Float>(g: &mut [T], u: &[T], v: &[T], scale: T, write: impl Fn(&mut [T], T, &[T])) {
     let cols = v.len();
     if cols == 1 {
-        axpy(g, scale * v[0], u);
+        write(g, scale * v[0], u);
         return;
     }
-    for (r, &ur) in u.iter().enumerate() {
-        axpy(&mut g[r * cols..(r + 1) * cols], scale * ur, v);
+    for (g, &ur) in g.chunks_exact_mut(cols).zip(u) {
+        write(g, scale * ur, v);
     }
+}
+
+/// For each use, whether it is the first to write its range of a row (so it may assign rather
+/// than add), and how many elements of the row the first writes cover.
+fn first_writes(uses: &[Use], len: impl Fn(&Use) -> usize) -> (SmallVec<[bool; 8]>, usize) {
+    let range = |u: &Use| {
+        let offset = match *u {
+            Use::Weight { offset, .. } | Use::Bias { offset, .. } => offset,
+        };
+        offset..offset + len(u)
+    };
+    let mut covered = 0;
+    let first = (0..uses.len())
+        .map(|i| {
+            let r = range(&uses[i]);
+            let first = uses[..i]
+                .iter()
+                .map(range)
+                .all(|o| o.end <= r.start || r.end <= o.start);
+            covered += if first { r.len() } else { 0 };
+            first
+        })
+        .collect();
+    (first, covered)
 }

@@ -62,3 +62,23 @@ def test_programs_without_a_per_sample_split_are_refused():
                    wrt=(0, 1)).per_sample_grad(model.params, X)
     with pytest.raises(ValueError, match=r"out has shape \(5, 3\); expected \(5, 17\)"):
         model.per_sample_grads(X, out=np.empty((5, 3)))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_tied_weights_and_unread_parameters(dtype, tol):
+    # W is read by two products (its rows get both contributions), p[12:16] by none (zero rows).
+    def f(p, X):
+        W, b = p.flat_slice(0, (3, 3)), p.flat_slice(9, (3,))
+        h = fa.tanh(X @ W.T + b)
+        return fa.sum((h @ W) ** 2)
+
+    rng = np.random.default_rng(2)
+    p = rng.normal(size=16).astype(dtype)
+    X = rng.normal(size=(9, 3)).astype(dtype)
+    prog = fa.compile(f, fa.spec((16,), dtype), fa.spec((None, 3), dtype), dtype=dtype)
+    G = np.full((9, 16), np.nan, dtype)
+    prog.per_sample_grad(p, X, out=G)
+    for b in range(9):
+        _, want = prog.value_and_grad(p, X[b:b + 1])
+        assert_close_rel(G[b], want, tol, f"sample {b}")
+    assert np.all(G[:, 12:] == 0)

@@ -256,6 +256,12 @@ class Chain:
         return prog(self._params, X, out=out)
 
     def _loss_program(self, loss: Loss, Y: Any, l2: float):
+        l2 = float(l2)
+        y_key = None if Y is None else (Y.ndim, Y.shape[1] if Y.ndim == 2 else None)
+        key = ("loss", loss, l2, y_key)
+        prog = self._programs.get(key)
+        if prog is not None:  # the per-call path: a program is only stored once checked
+            return prog
         if isinstance(loss, str):
             if loss not in _LOSSES:
                 raise ValueError(f"unknown loss {loss!r}; use a function or one of {sorted(_LOSSES)}")
@@ -264,16 +270,11 @@ class Chain:
             loss_fn = loss
         else:
             raise TypeError(f"loss must be a name or a function, got {loss!r}")
-        l2 = float(l2)
-        if Y is None:
-            y_key = None
-        else:
-            if Y.ndim == 1 and isinstance(loss, str) and loss != "cross_entropy":
-                raise ValueError(
-                    f"targets Y of shape {Y.shape} look like class labels, which only "
-                    f"cross_entropy takes; {loss} needs Y of shape (N, {self.out_features})"
-                )
-            y_key = (Y.ndim, Y.shape[1] if Y.ndim == 2 else None)
+        if Y is not None and Y.ndim == 1 and isinstance(loss, str) and loss != "cross_entropy":
+            raise ValueError(
+                f"targets Y of shape {Y.shape} look like class labels, which only "
+                f"cross_entropy takes; {loss} needs Y of shape (N, {self.out_features})"
+            )
 
         def objective(p, X, *y):
             pred = self.apply(p, X)
@@ -288,7 +289,7 @@ class Chain:
                 specs.append(spec((None,) + tuple(Y.shape[1:]), self.dtype))
             return compile(objective, *specs, wrt=0, dtype=self.dtype)
 
-        return self._program(("loss", loss, l2, y_key), build)
+        return self._program(key, build)
 
     def _loss_args(self, X: Any, Y: Any):
         X = self._x(X)

@@ -49,29 +49,30 @@ pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
             )
         });
     }
+    // Constants go into the closures by value, as in `unary_backward`.
     let zero = T::zero();
     match op {
-        UnaryOp::Neg => map(x, y, |v| -v),
-        UnaryOp::Exp => map(x, y, |v| v.vexp()),
-        UnaryOp::Log => map(x, y, |v| v.ln()),
-        UnaryOp::Log1p => map(x, y, |v| v.ln_1p()),
-        UnaryOp::Expm1 => map(x, y, |v| v.exp_m1()),
-        UnaryOp::Sqrt => map(x, y, |v| v.sqrt()),
-        UnaryOp::Abs => map(x, y, |v| v.abs()),
-        UnaryOp::Tanh => map(x, y, |v| v.vtanh()),
+        UnaryOp::Neg => map(x, y, move |v| -v),
+        UnaryOp::Exp => map(x, y, move |v| v.vexp()),
+        UnaryOp::Log => map(x, y, move |v| v.ln()),
+        UnaryOp::Log1p => map(x, y, move |v| v.ln_1p()),
+        UnaryOp::Expm1 => map(x, y, move |v| v.exp_m1()),
+        UnaryOp::Sqrt => map(x, y, move |v| v.sqrt()),
+        UnaryOp::Abs => map(x, y, move |v| v.abs()),
+        UnaryOp::Tanh => map(x, y, move |v| v.vtanh()),
         UnaryOp::Sigmoid => map(x, y, sigmoid),
         // `v.max(0)` would turn NaN into 0; NaN must propagate.
-        UnaryOp::Relu => map(x, y, |v| if v < zero { zero } else { v }),
+        UnaryOp::Relu => map(x, y, move |v| if v < zero { zero } else { v }),
         UnaryOp::Softplus => map(x, y, softplus),
-        UnaryOp::Sin => map(x, y, |v| v.sin()),
-        UnaryOp::Cos => map(x, y, |v| v.cos()),
-        UnaryOp::Square => map(x, y, |v| v * v),
+        UnaryOp::Sin => map(x, y, move |v| v.sin()),
+        UnaryOp::Cos => map(x, y, move |v| v.cos()),
+        UnaryOp::Square => map(x, y, move |v| v * v),
         UnaryOp::Powf(p) => match small_integer(p) {
             // Repeated multiplication: vectorises, and is exact for small powers.
-            Some(n) => map(x, y, |v| v.powi(n)),
+            Some(n) => map(x, y, move |v| v.powi(n)),
             None => {
                 let p = T::from_f64(p);
-                map(x, y, |v| v.powf(p))
+                map(x, y, move |v| v.powf(p))
             }
         },
     }
@@ -99,15 +100,17 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
             )
         });
     }
+    // The closures take their constants by value (`move`): a constant captured by reference is
+    // reloaded after every store, as `in_registers` explains, and keeps the loop scalar.
     let (zero, one, two) = (T::zero(), T::one(), T::from_f64(2.0));
     match op {
-        UnaryOp::Neg => acc(x, y, g, dx, |_, _| -one),
-        UnaryOp::Exp => acc(x, y, g, dx, |_, y| y),
-        UnaryOp::Log => acc(x, y, g, dx, |x, _| one / x),
-        UnaryOp::Log1p => acc(x, y, g, dx, |x, _| one / (one + x)),
-        UnaryOp::Expm1 => acc(x, y, g, dx, |_, y| y + one),
-        UnaryOp::Sqrt => acc(x, y, g, dx, |_, y| T::from_f64(0.5) / y),
-        UnaryOp::Abs => acc(x, y, g, dx, |x, _| {
+        UnaryOp::Neg => acc(x, y, g, dx, move |_, _| -one),
+        UnaryOp::Exp => acc(x, y, g, dx, move |_, y| y),
+        UnaryOp::Log => acc(x, y, g, dx, move |x, _| one / x),
+        UnaryOp::Log1p => acc(x, y, g, dx, move |x, _| one / (one + x)),
+        UnaryOp::Expm1 => acc(x, y, g, dx, move |_, y| y + one),
+        UnaryOp::Sqrt => acc(x, y, g, dx, move |_, y| T::from_f64(0.5) / y),
+        UnaryOp::Abs => acc(x, y, g, dx, move |x, _| {
             if x > zero {
                 one
             } else if x < zero {
@@ -116,13 +119,13 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
                 zero
             }
         }),
-        UnaryOp::Tanh => acc(x, y, g, dx, |_, y| one - y * y),
-        UnaryOp::Sigmoid => acc(x, y, g, dx, |_, y| y * (one - y)),
-        UnaryOp::Relu => acc(x, y, g, dx, |x, _| if x > zero { one } else { zero }),
-        UnaryOp::Softplus => acc(x, y, g, dx, |x, _| sigmoid(x)),
-        UnaryOp::Sin => acc(x, y, g, dx, |x, _| x.cos()),
-        UnaryOp::Cos => acc(x, y, g, dx, |x, _| -x.sin()),
-        UnaryOp::Square => acc(x, y, g, dx, |x, _| two * x),
+        UnaryOp::Tanh => acc(x, y, g, dx, move |_, y| one - y * y),
+        UnaryOp::Sigmoid => acc(x, y, g, dx, move |_, y| y * (one - y)),
+        UnaryOp::Relu => acc(x, y, g, dx, move |x, _| if x > zero { one } else { zero }),
+        UnaryOp::Softplus => acc(x, y, g, dx, move |x, _| sigmoid(x)),
+        UnaryOp::Sin => acc(x, y, g, dx, move |x, _| x.cos()),
+        UnaryOp::Cos => acc(x, y, g, dx, move |x, _| -x.sin()),
+        UnaryOp::Square => acc(x, y, g, dx, move |x, _| two * x),
         UnaryOp::Powf(p) => {
             let (p, pm1) = (T::from_f64(p), T::from_f64(p - 1.0));
             // x^0 is 1 for every x, so its derivative is 0 even where x^-1 is infinite.
@@ -130,8 +133,8 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
                 return;
             }
             match small_integer(p.to_f64() - 1.0) {
-                Some(n) => acc(x, y, g, dx, |x, _| p * x.powi(n)),
-                None => acc(x, y, g, dx, |x, _| p * x.powf(pm1)),
+                Some(n) => acc(x, y, g, dx, move |x, _| p * x.powi(n)),
+                None => acc(x, y, g, dx, move |x, _| p * x.powf(pm1)),
             }
         }
     }

@@ -56,10 +56,61 @@ pub(crate) fn axpy<T: crate::float::Float>(y: &mut [T], a: T, x: &[T]) {
     blocks_of_16(y, x, |y, x| *y += a * x)
 }
 
+/// c += Σ_p coef(p)·row(p) for p in 0..count (each row at least c.len() long): repeated axpys,
+/// with c's columns in blocks of 16 summed in registers down all the rows. An axpy per row would
+/// chain every row's additions through a store and a reload of c, which for short c (a layer of
+/// 32 units) costs more than the arithmetic. Inline it into a `simd::dispatch` closure.
+#[inline(always)]
+pub(crate) fn add_row_combination<'a, T: crate::float::Float + 'a>(
+    c: &mut [T],
+    count: usize,
+    coef: impl Fn(usize) -> T,
+    row: impl Fn(usize) -> &'a [T],
+) {
+    const BLOCK: usize = 16;
+    let n = c.len();
+    for start in (0..n).step_by(BLOCK) {
+        let width = BLOCK.min(n - start);
+        let mut acc = [T::zero(); BLOCK];
+        for p in 0..count {
+            let (a, r) = (coef(p), &row(p)[start..start + width]);
+            if width == BLOCK {
+                for i in 0..BLOCK {
+                    acc[i] += a * r[i];
+                }
+            } else {
+                for i in 0..width {
+                    acc[i] += a * r[i];
+                }
+            }
+        }
+        for i in 0..width {
+            c[start + i] += acc[i];
+        }
+    }
+}
+
 /// y = a·x over y's length (x at least as long), in blocks of 16 like `axpy`.
 #[inline(always)]
 pub(crate) fn scaled<T: crate::float::Float>(y: &mut [T], a: T, x: &[T]) {
     blocks_of_16(y, x, |y, x| *y = a * x)
+}
+
+/// Every row of `out` (rows × row.len()) = `row`: a bias broadcast over a batch. Short rows are
+/// copied with vector moves; `copy_from_slice` would call memcpy once per row.
+pub(crate) fn fill_rows<T: crate::float::Float>(out: &mut [T], row: &[T]) {
+    match row.len() {
+        0 => {}
+        1 => out.fill(row[0]),
+        n => simd::dispatch(
+            #[inline(always)]
+            || {
+                for o in out.chunks_exact_mut(n) {
+                    blocks_of_16(o, row, |o, x| *o = x);
+                }
+            },
+        ),
+    }
 }
 
 #[inline(always)]

@@ -51,8 +51,21 @@ pub fn sum<T: Float>(x: &[T]) -> T {
 /// Σ x[i]·y[i], in the fixed order of `sum`.
 #[inline(always)]
 pub fn dot<T: Float>(x: &[T], y: &[T]) -> T {
-    let y = &y[..x.len()];
-    sum_of(x.len(), |i| x[i] * y[i])
+    let (len, y) = (x.len(), &y[..x.len()]);
+    let whole = len - len % 8;
+    // Whole blocks as chunks, whose indexing the compiler sees is in bounds, so they vectorise.
+    let blocks = x[..whole].chunks_exact(8).zip(y[..whole].chunks_exact(8));
+    let acc = blocks.fold([T::zero(); 8], |mut acc, (x, y)| {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+        acc
+    });
+    let mut s = combined(acc);
+    for i in whole..len {
+        s += x[i] * y[i];
+    }
+    s
 }
 
 /// Σ f(i) for i in 0..len, in the fixed order of `sum` (so a loop computing f vectorises too).
@@ -65,11 +78,17 @@ fn sum_of<T: Float>(len: usize, f: impl Fn(usize) -> T) -> T {
             *a += f(c + k);
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = combined(acc);
     for i in whole..len {
         s += f(i);
     }
     s
+}
+
+/// The eight accumulators of `sum_of`, added in its fixed order.
+#[inline(always)]
+fn combined<T: Float>(acc: [T; 8]) -> T {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 #[inline(always)]

@@ -92,6 +92,11 @@ fn gemm_at<T: Float>(
     if empty_product(m, n, k, c, accumulate) {
         return;
     }
+    if k == 1 {
+        // An outer product: nothing to block over the depth, each row of C is one axpy.
+        let (a, b, c) = (&a.data[..m], &b.data[..n], &mut c[..m * n]);
+        return outer_product(a, b, c, accumulate);
+    }
     let (a, b) = (a.view(m, k), b.view(k, n));
     if m == 1 || n == 1 {
         // A matrix–vector product: the register-blocked kernel would pad 11 of its 12 rows.
@@ -161,10 +166,8 @@ unsafe fn gemv<T: Float>(
         #[inline(always)]
         || {
             if b.col_stride == 1 {
-                for p in 0..k {
-                    let row = std::slice::from_raw_parts(b.ptr.add(p * b.row_stride), len);
-                    crate::kernels::axpy(c, at(a, 0, p), row);
-                }
+                let row = |p: usize| std::slice::from_raw_parts(b.ptr.add(p * b.row_stride), len);
+                crate::kernels::add_row_combination(c, k, |p| at(a, 0, p), row);
             } else if b.row_stride == 1 && a.col_stride == 1 {
                 let x = std::slice::from_raw_parts(a.ptr, k);
                 for (j, c) in c.iter_mut().enumerate() {
@@ -178,6 +181,31 @@ unsafe fn gemv<T: Float>(
             }
         },
     )
+}
+
+/// C (m×n) (+)= a bᵀ for vectors a (m) and b (n): a product of depth 1, where op(A) and op(B)
+/// are read in their stored order whether transposed or not. Rows split over the threads.
+fn outer_product<T: Float>(a: &[T], b: &[T], c: &mut [T], accumulate: bool) {
+    use crate::kernels::{axpy, scaled, SharedMut, PARALLEL_MIN_ELEMENTS};
+    let n = b.len();
+    let shared = SharedMut::new(c);
+    crate::parallel::for_chunks(a.len(), PARALLEL_MIN_ELEMENTS / n, &|rows| {
+        // SAFETY: `for_chunks` hands out disjoint ranges of rows.
+        let c = unsafe { shared.range(rows.start * n..rows.end * n) };
+        let a = &a[rows];
+        simd::dispatch(
+            #[inline(always)]
+            || {
+                for (row, &ai) in c.chunks_exact_mut(n).zip(a) {
+                    if accumulate {
+                        axpy(row, ai, b);
+                    } else {
+                        scaled(row, ai, b);
+                    }
+                }
+            },
+        )
+    });
 }
 
 /// A product with no multiply-adds (m, n or k zero): C = 0 (k = 0, not accumulating) or left
