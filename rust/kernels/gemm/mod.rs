@@ -595,6 +595,10 @@ mod tests {
         (250, 20, 260),
         (20, 1030, 40),
         (130, 1100, 9),
+        // Depth 1 over more rows than one thread takes; thin products with long depth.
+        (300, 130, 1),
+        (1, 37, 300),
+        (300, 1, 37),
     ];
 
     #[test]
