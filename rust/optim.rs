@@ -3,6 +3,7 @@
 //! of the parameters, allocated once; a step allocates nothing.
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::kernels::simd::dispatch;
 
 /// The update rule and its hyper-parameters (the learning rate is kept apart: schedules change it).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -134,15 +135,29 @@ impl<T: Float> Optimizer<T> {
             } => {
                 let (mu, wd) = (T::from_f64(momentum), T::from_f64(weight_decay));
                 let first = self.steps == 1;
-                let buf = &mut self.state[..];
-                for i in 0..params.len() {
-                    let mut v = grad[i] + wd * params[i];
-                    if momentum != 0.0 {
-                        buf[i] = if first { v } else { mu * buf[i] + v };
-                        v = if nesterov { v + mu * buf[i] } else { buf[i] };
+                let update = |params: &mut [T], buf: &mut [T], grad: &[T]| {
+                    let n = params.len();
+                    let grad = &grad[..n];
+                    if momentum == 0.0 {
+                        // No momentum buffer (it is empty).
+                        for i in 0..n {
+                            params[i] = params[i] - lr * (grad[i] + wd * params[i]);
+                        }
+                        return;
                     }
-                    params[i] = params[i] - lr * v;
-                }
+                    let buf = &mut buf[..n];
+                    for i in 0..n {
+                        let v = grad[i] + wd * params[i];
+                        buf[i] = if first { v } else { mu * buf[i] + v };
+                        let v = if nesterov { v + mu * buf[i] } else { buf[i] };
+                        params[i] = params[i] - lr * v;
+                    }
+                };
+                let buf = &mut self.state[..];
+                dispatch(
+                    #[inline(always)]
+                    || update(params, buf, grad),
+                );
             }
             Rule::Adam {
                 beta1,
@@ -159,17 +174,27 @@ impl<T: Float> Optimizer<T> {
                 let (one, wd) = (T::one(), T::from_f64(weight_decay));
                 let shrink = one - lr * wd;
                 let (m, v) = self.state.split_at_mut(self.len);
-                for i in 0..params.len() {
-                    let mut g = grad[i];
-                    if decoupled {
-                        params[i] = params[i] * shrink;
-                    } else {
-                        g += wd * params[i];
+                // The slices are the closure's arguments, not its captures, so the loop
+                // vectorises (see `kernels::elementwise::in_registers`).
+                let update = |params: &mut [T], m: &mut [T], v: &mut [T], grad: &[T]| {
+                    let n = params.len();
+                    let (m, v, grad) = (&mut m[..n], &mut v[..n], &grad[..n]);
+                    for i in 0..n {
+                        let mut g = grad[i];
+                        if decoupled {
+                            params[i] = params[i] * shrink;
+                        } else {
+                            g += wd * params[i];
+                        }
+                        m[i] = b1 * m[i] + (one - b1) * g;
+                        v[i] = b2 * v[i] + (one - b2) * g * g;
+                        params[i] = params[i] - step_size * m[i] / (v[i].sqrt() / root2 + eps);
                     }
-                    m[i] = b1 * m[i] + (one - b1) * g;
-                    v[i] = b2 * v[i] + (one - b2) * g * g;
-                    params[i] = params[i] - step_size * m[i] / (v[i].sqrt() / root2 + eps);
-                }
+                };
+                dispatch(
+                    #[inline(always)]
+                    || update(params, m, v, grad),
+                );
             }
         }
         Ok(())

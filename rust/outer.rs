@@ -6,7 +6,7 @@
 use crate::float::Float;
 use crate::kernels::gemm::{gemm, workspace_len, Operand};
 use crate::kernels::simd::dispatch;
-use crate::kernels::SharedMut;
+use crate::kernels::{scaled, SharedMut};
 use std::cell::RefCell;
 
 /// Output elements below which a product runs on the calling thread.
@@ -31,11 +31,16 @@ pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool)
             dispatch(
                 #[inline(always)]
                 || {
-                    let mut at = 0;
-                    for i in 0..p {
-                        let (gi, from) = (gb[i], if packed { i } else { 0 });
-                        crate::kernels::scaled(&mut ob[at..at + p - from], gi, &gb[from..]);
-                        at += p - from;
+                    if packed {
+                        let mut at = 0;
+                        for i in 0..p {
+                            scaled(&mut ob[at..at + p - i], gb[i], &gb[i..]);
+                            at += p - i;
+                        }
+                    } else {
+                        for (row, &gi) in ob.chunks_exact_mut(p).zip(gb) {
+                            scaled(row, gi, gb);
+                        }
                     }
                 },
             );

@@ -9,7 +9,7 @@
 //! `set_num_threads` at any time. A job runs its tasks with `task_count` fixed by the caller,
 //! so results never depend on which thread ran what.
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -59,7 +59,16 @@ struct Pool {
     /// Workers that have started running: their thread start-up allocations are behind them.
     started: AtomicUsize,
     busy: AtomicBool,
+    /// The generation of the latest job, readable without the lock by spinning workers.
+    posted: AtomicU64,
 }
+
+/// How long a worker polls for the next job before it sleeps. Waking a sleeping worker goes
+/// through the OS and can take tens of microseconds (on a virtual machine, more than a small
+/// kernel's whole run), so the calling thread would do most tasks alone; polling keeps
+/// back-to-back kernels (the steps of one program, successive calls in a loop) on all threads,
+/// at the cost of a core busy for this long after the last one.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
@@ -77,6 +86,7 @@ fn pool() -> &'static Pool {
         workers: AtomicUsize::new(0),
         started: AtomicUsize::new(0),
         busy: AtomicBool::new(false),
+        posted: AtomicU64::new(0),
     })
 }
 
@@ -102,6 +112,7 @@ pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
         job.remaining = count;
         job.generation += 1;
         job.panicked = false;
+        p.posted.store(job.generation, Ordering::Release);
     }
     p.work_ready.notify_all();
     p.work_loop_until_done();
@@ -135,6 +146,12 @@ impl Pool {
         self.started.fetch_add(1, Ordering::AcqRel);
         let mut seen = 0u64;
         loop {
+            let since = std::time::Instant::now();
+            while self.posted.load(Ordering::Acquire) == seen && since.elapsed() < SPIN {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
             {
                 let mut job = self.job.lock().unwrap();
                 while job.generation == seen || job.next >= job.count {
@@ -177,10 +194,18 @@ pub fn split(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     start..start + base + usize::from(i < extra)
 }
 
-/// Runs `f` over chunks of `0..len`, in parallel when `len` is at least `min_parallel`.
+/// Runs `f` over chunks of `0..len`, in parallel when `len` is at least `min_parallel`. There
+/// are a few chunks per thread, so a worker that wakes late finds some left to share.
 pub fn for_chunks(len: usize, min_parallel: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    const CHUNKS_PER_THREAD: usize = 4;
     let parts = if len >= min_parallel {
-        num_threads().min(len / (min_parallel / 2).max(1)).max(1)
+        let threads = num_threads();
+        let most = if threads > 1 {
+            CHUNKS_PER_THREAD * threads
+        } else {
+            1
+        };
+        most.min(len / (min_parallel / 2).max(1)).max(1)
     } else {
         1
     };
