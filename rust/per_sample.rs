@@ -30,10 +30,22 @@ enum Use {
     Bias { step: usize, offset: usize },
 }
 
+/// How a program's per-sample gradients are written, worked out at its first such call and kept
+/// (so later calls allocate nothing, whatever the number of layers).
+#[derive(Clone, Debug)]
+pub(crate) struct PerSamplePlan {
+    uses: Vec<Use>,
+    /// Per use: whether it is the first to write its range of a row (it assigns; later ones add).
+    first: Vec<bool>,
+    /// Elements of a row the first writes cover; when fewer than P, the rest must be zeroed.
+    covered: usize,
+    /// The loss is a mean over the batch, so each row's adjoint is 1/N of its sample's gradient.
+    mean: bool,
+}
+
 impl<T: Float> Program<T> {
-    /// Where the differentiated argument enters, and the factor turning each row's adjoint into
-    /// its own sample's gradient (N for a mean over the batch); or why this is not possible.
-    fn per_sample_plan(&self, batch: usize) -> Result<(SmallVec<[Use; 8]>, f64)> {
+    /// Where the differentiated argument enters, or why per-sample gradients are not possible.
+    fn per_sample_plan(&self) -> Result<PerSamplePlan> {
         let fail = |why: String| Err(Error::value(format!("per-sample gradients: {why}")));
         if self.wrt.len() != 1 || self.arg_shapes[self.wrt[0]].is_batched() {
             return fail(
@@ -57,14 +69,17 @@ impl<T: Float> Program<T> {
                     .into(),
             );
         }
-        let factor = match self.steps[reduces[0]].op {
-            Op::Reduce(ReduceOp::Mean, ..) => batch as f64,
-            _ => 1.0,
-        };
+        let mean = matches!(self.steps[reduces[0]].op, Op::Reduce(ReduceOp::Mean, ..));
         let Some(param) = self.arg_steps[self.wrt[0]] else {
-            return Ok((SmallVec::new(), factor)); // the output does not read it
+            // The output does not read it: every row is zero.
+            return Ok(PerSamplePlan {
+                uses: Vec::new(),
+                first: Vec::new(),
+                covered: 0,
+                mean,
+            });
         };
-        let mut uses = SmallVec::new();
+        let mut uses = Vec::new();
         for (i, s) in self.steps.iter().enumerate() {
             let (ins, n) = s.op.inputs();
             for &j in &ins[..n] {
@@ -115,7 +130,13 @@ impl<T: Float> Program<T> {
                 }
             }
         }
-        Ok((uses, factor))
+        let (first, covered) = first_writes(&uses, |u| self.use_len(u));
+        Ok(PerSamplePlan {
+            uses,
+            first,
+            covered,
+            mean,
+        })
     }
 
     /// Elements of the parameters a use reads.
@@ -132,7 +153,23 @@ impl<T: Float> Program<T> {
     /// respect to the differentiated argument (P elements). Returns the loss.
     pub fn per_sample_grad(&mut self, args: &[&[T]], out: &mut [T]) -> Result<T> {
         let batch = self.batch_size(args)?;
-        let (uses, factor) = self.per_sample_plan(batch)?;
+        // Taken out while the sweeps borrow the program mutably, and put back.
+        let plan = match self.per_sample.take() {
+            Some(plan) => plan,
+            None => self.per_sample_plan()?,
+        };
+        let result = self.per_sample_rows(&plan, args, batch, out);
+        self.per_sample = Some(plan);
+        result
+    }
+
+    fn per_sample_rows(
+        &mut self,
+        plan: &PerSamplePlan,
+        args: &[&[T]],
+        batch: usize,
+        out: &mut [T],
+    ) -> Result<T> {
         let p = self.arg_shapes[self.wrt[0]].len(0);
         if out.len() != batch * p {
             return Err(Error::value(format!(
@@ -146,18 +183,17 @@ impl<T: Float> Program<T> {
         let value = self.output_value(args, batch)[0];
         // Each use writes its own range of every row; where uses share parameters (one weight
         // read twice) the later ones add to it, and ranges no use writes stay zero.
-        let (first, covered) = first_writes(&uses, |u| self.use_len(u));
-        if covered < p {
+        if plan.covered < p {
             out.fill(T::zero());
         }
         let frame = crate::exec::Frame::new(&self.steps, args, batch);
         let (steps, values, adjoints) = (&self.steps, &self.values, &self.adjoints);
-        let scale = T::from_f64(factor);
+        let scale = T::from_f64(if plan.mean { batch as f64 } else { 1.0 });
         let shared = SharedMut::new(out);
         let rows = |r: std::ops::Range<usize>| {
             // SAFETY: this task alone writes rows r.
             let g = unsafe { shared.range(r.start * p..r.end * p) };
-            for (u, &assign) in uses.iter().zip(&first) {
+            for (u, &assign) in plan.uses.iter().zip(&plan.first) {
                 let write = move |g: &mut [T], a: T, x: &[T]| {
                     if assign {
                         scaled(g, a, x)
@@ -228,7 +264,7 @@ fn outer<T: Float>(g: &mut [T], u: &[T], v: &[T], scale: T, write: impl Fn(&mut 
 
 /// For each use, whether it is the first to write its range of a row (so it may assign rather
 /// than add), and how many elements of the row the first writes cover.
-fn first_writes(uses: &[Use], len: impl Fn(&Use) -> usize) -> (SmallVec<[bool; 8]>, usize) {
+fn first_writes(uses: &[Use], len: impl Fn(&Use) -> usize) -> (Vec<bool>, usize) {
     let range = |u: &Use| {
         let offset = match *u {
             Use::Weight { offset, .. } | Use::Bias { offset, .. } => offset,

@@ -61,6 +61,8 @@ pub struct Program<T: Float> {
     pub(crate) bt_packed: Vec<Vec<T>>,
     /// The largest batch the tiled replays' whole-batch buffers hold.
     pub(crate) tiled_capacity: usize,
+    /// How per-sample gradients are written, from the first call (`per_sample.rs`).
+    pub(crate) per_sample: Option<crate::per_sample::PerSamplePlan>,
 }
 
 impl<T: Float> Program<T> {
@@ -171,6 +173,7 @@ impl<T: Float> Program<T> {
             b_packed: vec![Vec::new(); steps_len],
             bt_packed: vec![Vec::new(); steps_len],
             tiled_capacity: 0,
+            per_sample: None,
         })
     }
 

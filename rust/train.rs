@@ -52,6 +52,11 @@ impl<T: Float> Trainer<T> {
         if schedule.batch_size == 0 {
             return Err(Error::value("batch_size must be at least 1"));
         }
+        if data.rows == 0 {
+            return Err(Error::value(
+                "training needs at least one sample; X has 0 rows",
+            ));
+        }
         let width = |k: usize, data_len: usize| {
             let w = shapes[k].len(1);
             if data_len != data.rows * w {
@@ -120,7 +125,7 @@ impl<T: Float> Trainer<T> {
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;
         }
-        Ok(if n == 0 { f64::NAN } else { total / n as f64 })
+        Ok(total / n as f64)
     }
 }
 

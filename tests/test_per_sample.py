@@ -47,6 +47,22 @@ def test_seed_002_model_and_no_allocation():
     assert_close_rel(G.mean(axis=0), g, 1e-5)
 
 
+def test_deep_model_allocates_nothing_after_the_first_call():
+    # Six layers: more parameter uses than the first call's plan would hold inline.
+    model = fa.Chain(*[fa.Dense(3, 3, "tanh") for _ in range(5)], fa.Dense(3, 1), seed=0)
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(10, 3)), rng.normal(size=(10, 1))
+    G = np.empty((10, model.n_params))
+    model.per_sample_grads(X, Y, loss="mse", out=G)
+    before = fa.allocation_count()
+    for _ in range(20):
+        model.per_sample_grads(X, Y, loss="mse", out=G)
+    assert fa.allocation_count() == before
+    for b in range(10):
+        _, want = model.value_and_grad(X[b:b + 1], Y[b:b + 1], loss="mse")
+        assert_close_rel(G[b], want, 1e-12, f"sample {b}")
+
+
 def test_programs_without_a_per_sample_split_are_refused():
     model = fa.Chain(fa.Dense(2, 4, "tanh"), fa.Dense(4, 1), seed=0)
     X = np.ones((5, 2))

@@ -189,6 +189,8 @@ def test_training_errors_are_clear():
         model.fit(X, Y, optimizer="adam")
     with pytest.raises(ValueError, match="targets Y must have 8 rows"):
         model.fit(X, Y[:5])
+    with pytest.raises(ValueError, match="training needs at least one sample; X has 0 rows"):
+        model.fit(X[:0], Y[:0])
     with pytest.raises(ValueError, match="betas\\[0\\] must be in \\[0, 1\\), got 1.5"):
         fa.Adam(betas=(1.5, 0.9))
     with pytest.raises(ValueError, match="lr must be finite and ≥ 0"):

@@ -1,10 +1,14 @@
-//! After one warm-up call, replays of value, gradient and vjp make zero heap allocations on any
-//! thread (the counting allocator counts process-wide), including with two worker threads.
+//! After one warm-up call, replays of value, gradient and vjp, training epochs and per-sample
+//! gradients make zero heap allocations on any thread (the counting allocator counts
+//! process-wide), including with two worker threads.
 //! This file holds one test on purpose: another test running beside it would allocate.
 use fastad::alloc_count::{allocation_count, CountingAllocator};
 mod common;
 use common::eam_graph;
-use fastad::{Axis, BinaryOp, Graph, Program, ReduceOp, Shape, UnaryOp};
+use fastad::{
+    Axis, BinaryOp, Dataset, Graph, Optimizer, Program, ReduceOp, Rule, Schedule, Shape, Trainer,
+    UnaryOp,
+};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -21,6 +25,30 @@ fn layer_graph() -> (Graph, usize, usize) {
     let y = g.unary(UnaryOp::Tanh, h).unwrap();
     let loss = g.reduce(ReduceOp::Mean, y, Axis::All, false).unwrap();
     (g, y, loss)
+}
+
+/// Seed 002's network as a loss of (params (97,), X (N, 1), Y (N, 1)): mean squared error of
+/// Dense(1→32, sigmoid) → Dense(32→1), its weights and biases slices of the flat params.
+fn seed002_loss_graph() -> (Graph, usize) {
+    let mut g = Graph::new();
+    let p = g.input(Shape::vector(97));
+    let x = g.input(Shape::batch_of(1));
+    let y = g.input(Shape::batch_of(1));
+    let w1 = g.slice(p, 0, Shape::matrix(32, 1)).unwrap();
+    let b1 = g.slice(p, 32, Shape::vector(32)).unwrap();
+    let w2 = g.slice(p, 64, Shape::matrix(1, 32)).unwrap();
+    let b2 = g.slice(p, 96, Shape::vector(1)).unwrap();
+    let w1t = g.transpose(w1).unwrap();
+    let h = g.matmul(x, w1t).unwrap();
+    let h = g.binary(BinaryOp::Add, h, b1).unwrap();
+    let h = g.unary(UnaryOp::Sigmoid, h).unwrap();
+    let w2t = g.transpose(w2).unwrap();
+    let z = g.matmul(h, w2t).unwrap();
+    let z = g.binary(BinaryOp::Add, z, b2).unwrap();
+    let r = g.binary(BinaryOp::Sub, z, y).unwrap();
+    let r2 = g.unary(UnaryOp::Square, r).unwrap();
+    let loss = g.reduce(ReduceOp::Mean, r2, Axis::All, false).unwrap();
+    (g, loss)
 }
 
 #[test]
@@ -53,7 +81,50 @@ fn replays_allocate_nothing() {
     );
     let mut yv = vec![0.0f32; n * 64];
 
+    // Training epochs (shuffled, batches of 8 with a ragged last one) and per-sample gradients.
+    let (sg, sloss) = seed002_loss_graph();
+    let mut seed002 = Program::<f32>::compile(&sg, sloss, &[0]).unwrap();
+    let rows = 100;
+    let sx: Vec<f32> = (0..rows).map(|i| i as f32 * 0.08).collect();
+    let sy: Vec<f32> = sx.iter().map(|v| v.sin()).collect();
+    let mut params: Vec<f32> = (0..97).map(|i| (i as f32 * 0.7).sin() * 0.5).collect();
+    let data = Dataset {
+        x: &sx,
+        y: Some(&sy),
+        rows,
+    };
+    let schedule = Schedule {
+        batch_size: 8,
+        shuffle: true,
+        seed: 7,
+    };
+    let mut trainer = Trainer::new(&seed002, &data, &schedule).unwrap();
+    let adam = Rule::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        decoupled: false,
+    };
+    let mut optimizer = Optimizer::new(adam, 1e-3, 97).unwrap();
+    let mut per_sample = vec![0.0f32; rows * 97];
+    let mut epoch = 0;
+
     let mut replay = || {
+        trainer
+            .epoch(
+                &mut seed002,
+                &mut params,
+                &data,
+                &schedule,
+                epoch,
+                &mut optimizer,
+            )
+            .unwrap();
+        epoch += 1;
+        seed002
+            .per_sample_grad(&[&params, &sx, &sy], &mut per_sample)
+            .unwrap();
         eam.eval(&[&x], &mut value).unwrap();
         eam.value_and_grad(&[&x], &mut [&mut gx]).unwrap();
         eam.vjp(&[&x], &[2.0], &mut [&mut gx], None).unwrap();
