@@ -200,7 +200,8 @@ impl<T: Float> Program<T> {
         self.workspace_threads = threads;
     }
 
-    /// Reverse sweep from the output, seeded with 1 (scalar output) or the cotangent.
+    /// Reverse sweep from the output, seeded with the cotangent, or with ones: 1 for a scalar
+    /// output, 1 for each element of a vector of per-sample losses (`per_sample.rs`).
     pub(crate) fn backward(&mut self, args: &[&[T]], batch: usize, cotangent: Option<&[T]>) {
         for (s, adj) in self.steps.iter().zip(self.adjoints.iter_mut()) {
             if s.needs_grad && !s.first_write {
@@ -213,7 +214,7 @@ impl<T: Float> Program<T> {
         }
         match cotangent {
             Some(c) => self.adjoints[out][..c.len()].copy_from_slice(c),
-            None => self.adjoints[out][0] = T::one(),
+            None => self.adjoints[out][..self.steps[out].shape.len(batch)].fill(T::one()),
         }
         for i in (0..self.steps.len()).rev() {
             if self.steps[i].needs_grad {

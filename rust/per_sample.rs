@@ -3,16 +3,18 @@
 //! δ_b a_bᵀ for W and δ_b for b. The adjoints come from one ordinary reverse sweep over the
 //! batch: no loop over samples, no second forward pass.
 //!
-//! It applies when the output is a sum or mean over the batch of per-row terms (so the batch's
-//! reverse sweep gives each row its own sample's adjoint, scaled by 1/N for a mean) and the
-//! differentiated argument is read only as layers' weights and biases, directly or through
-//! slices of a flat parameter vector. Other programs get an error naming the operation.
+//! It applies when the output is a sum or mean over the batch of per-row terms, or the vector of
+//! those terms, one loss per sample (so the batch's reverse sweep, seeded with ones, gives each
+//! row its own sample's adjoint, scaled by 1/N for a mean), and the differentiated argument is
+//! read only as layers' weights and biases, directly or through slices of a flat parameter
+//! vector. Other programs get an error naming the operation.
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{Op, ReduceOp};
 use crate::kernels::simd::dispatch;
 use crate::kernels::{axpy, scaled, SharedMut};
 use crate::program::{Phase, Program};
+use crate::shape::Dim;
 use smallvec::SmallVec;
 
 /// One place the parameters enter a batched product.
@@ -52,10 +54,24 @@ impl<T: Float> Program<T> {
                 "they need exactly one differentiated argument, without a batch axis".into(),
             );
         }
-        if self.output_shape().rank() != 0 {
+        let out = self.output_shape();
+        if out.dims().first() == Some(&Dim::Batch) && out.len(1) == 1 {
+            // One loss per sample: each must depend on its own sample alone. A tiling plan
+            // exists only when every batched step is row-local, and a batched output that reads
+            // a sum over the batch has none.
+            if self.tiling.is_none() {
+                return fail(
+                    "each per-sample loss must depend on its own sample alone (no operation \
+                     mixing rows, such as a sum over the batch)"
+                        .into(),
+                );
+            }
+            return self.per_sample_uses(false);
+        }
+        if out.rank() != 0 {
             return fail(format!(
-                "the output must be a scalar loss, not of shape {}",
-                self.output_shape()
+                "the output must be a scalar loss (a sum or mean over the batch) or one loss \
+                 per sample, (N,); not of shape {out}"
             ));
         }
         let reduces: SmallVec<[usize; 2]> = (0..self.steps.len())
@@ -70,6 +86,12 @@ impl<T: Float> Program<T> {
             );
         }
         let mean = matches!(self.steps[reduces[0]].op, Op::Reduce(ReduceOp::Mean, ..));
+        self.per_sample_uses(mean)
+    }
+
+    /// Where the differentiated argument is read: only as dense layers' weights and biases.
+    fn per_sample_uses(&self, mean: bool) -> Result<PerSamplePlan> {
+        let fail = |why: String| Err(Error::value(format!("per-sample gradients: {why}")));
         let Some(param) = self.arg_steps[self.wrt[0]] else {
             // The output does not read it: every row is zero.
             return Ok(PerSamplePlan {
@@ -149,8 +171,9 @@ impl<T: Float> Program<T> {
         }
     }
 
-    /// Writes row b of `out` (batch × P) = the gradient of sample b's term of the loss with
-    /// respect to the differentiated argument (P elements). Returns the loss.
+    /// Writes row b of `out` (batch × P) = the gradient of sample b's term of the loss (or of
+    /// its own loss, for a program with one loss per sample) with respect to the differentiated
+    /// argument (P elements). Returns the loss (the sum of the per-sample losses).
     pub fn per_sample_grad(&mut self, args: &[&[T]], out: &mut [T]) -> Result<T> {
         let batch = self.batch_size(args)?;
         // Taken out while the sweeps borrow the program mutably, and put back.
@@ -180,7 +203,11 @@ impl<T: Float> Program<T> {
         // The batch's reverse sweep, untiled: each product's adjoint rows are needed whole.
         self.forward(args, batch)?;
         self.backward(args, batch, None);
-        let value = self.output_value(args, batch)[0];
+        // The loss, or the sum of the per-sample losses.
+        let value = self
+            .output_value(args, batch)
+            .iter()
+            .fold(T::zero(), |s, &v| s + v);
         // Each use writes its own range of every row; where uses share parameters (one weight
         // read twice) the later ones add to it, and ranges no use writes stay zero.
         if plan.covered < p {

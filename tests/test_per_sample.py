@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import fastad as fa
-from conftest import assert_close_rel
-from test_layers import targets
+from conftest import assert_close_rel, numeric_vjp
+from test_layers import backward_np, forward_np, layers_np, targets
 
 CASES = [("sse", None), ("sse", "regression"), ("mse", "regression"),
          ("cross_entropy", "labels"), ("bce_logits", "binary")]
@@ -63,6 +63,34 @@ def test_deep_model_allocates_nothing_after_the_first_call():
         assert_close_rel(G[b], want, 1e-12, f"sample {b}")
 
 
+@pytest.mark.parametrize("shape", ["(N,)", "(N, 1)"])
+def test_a_program_returning_one_loss_per_sample(shape):
+    # ℓ_b = ½‖f(x_b) − y_b‖², returned per sample: row b of G is ∇θ ℓ_b, checked against NumPy
+    # backpropagation of that one sample and against central finite differences of ℓ_b.
+    model = fa.Chain(fa.Dense(3, 6, "tanh"), fa.Dense(6, 2), seed=4)
+    rng = np.random.default_rng(5)
+    n = 11
+    X, Y = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+
+    def losses(p, X, Y):
+        r = model.apply(p, X) - Y
+        return 0.5 * fa.sum(r * r, axis=1, keepdims=shape == "(N, 1)")
+
+    prog = fa.compile(losses, model.params, fa.spec((None, 3)), fa.spec((None, 2)))
+    G = prog.per_sample_grad(model.params, X, Y)
+    assert G.shape == (n, model.n_params)
+    layers = layers_np(model)
+    for b in range(n):
+        hs, zs = forward_np(layers, X[b:b + 1])
+        want, _ = backward_np(layers, hs, zs, hs[-1] - Y[b:b + 1])
+        assert_close_rel(G[b], want, 1e-12, f"sample {b} vs NumPy")
+    for b in (0, n - 1):
+        one = np.zeros((n,) if shape == "(N,)" else (n, 1))
+        one[b] = 1.0
+        (fd,) = numeric_vjp(lambda p: prog(p, X, Y), [model.params], [0], one)
+        assert_close_rel(G[b], fd, 1e-6, f"sample {b} vs finite differences")
+
+
 def test_programs_without_a_per_sample_split_are_refused():
     model = fa.Chain(fa.Dense(2, 4, "tanh"), fa.Dense(4, 1), seed=0)
     X = np.ones((5, 2))
@@ -76,6 +104,15 @@ def test_programs_without_a_per_sample_split_are_refused():
     with pytest.raises(ValueError, match="one wrt argument"):
         fa.compile(lambda p, X: fa.sum(model.apply(p, X)), model.params, fa.spec((None, 2)),
                    wrt=(0, 1)).per_sample_grad(model.params, X)
+    # One loss per sample that reads the whole batch (centred by the batch mean), and an output
+    # with several values per sample.
+    mixed = fa.compile(lambda p, X: fa.sum(model.apply(p, X) - fa.mean(model.apply(p, X)), axis=1),
+                       model.params, fa.spec((None, 2)))
+    with pytest.raises(ValueError, match="must depend on its own sample alone"):
+        mixed.per_sample_grad(model.params, X)
+    wide = fa.compile(lambda p, X: model.apply(p, X) * X, model.params, fa.spec((None, 2)))
+    with pytest.raises(ValueError, match=r"one loss per sample, \(N,\); not of shape \(None, 2\)"):
+        wide.per_sample_grad(model.params, X)
     with pytest.raises(ValueError, match=r"out has shape \(5, 3\); expected \(5, 17\)"):
         model.per_sample_grads(X, out=np.empty((5, 3)))
 

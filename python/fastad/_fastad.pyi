@@ -44,8 +44,9 @@ class Program:
             value_out: Optional[NDArray[Any]] = None) -> _Grads:
         """`vjp(*args, cotangent)`: Jᵀ·cotangent for each `wrt` argument."""
     def per_sample_grad(self, *args: Any, out: Optional[NDArray[Any]] = None) -> NDArray[Any]:
-        """Per-sample gradients (N, P) of a loss that is a sum or mean over the batch, with
-        respect to the one wrt argument, read only as dense layers' weights and biases."""
+        """Per-sample gradients (N, P) of a loss that is a sum or mean over the batch, or of a
+        program returning one loss per sample (N,), with respect to the one wrt argument, read
+        only as dense layers' weights and biases."""
     @property
     def arg_shapes(self) -> List[_Shape]: ...
     @property

@@ -124,8 +124,9 @@ impl Program {
 
     /// Per-sample gradients (N, P): row b is the gradient of sample b's term of the loss with
     /// respect to the one `wrt` argument (P elements), from one batched pass. The output must be
-    /// a sum or mean over the batch, and the argument read only as dense layers' weights and
-    /// biases (directly or through slices); other programs raise a ValueError naming the op.
+    /// a sum or mean over the batch, or one loss per sample (N,), and the argument read only as
+    /// dense layers' weights and biases (directly or through slices); other programs raise a
+    /// ValueError naming the op.
     #[pyo3(signature = (*args, out=None))]
     fn per_sample_grad<'py>(
         &self,
@@ -265,7 +266,8 @@ impl Program {
             )));
         }
         let scalar_out = self.output_shape.rank() == 0;
-        if matches!(mode, Mode::Grad | Mode::ValueAndGrad | Mode::PerSampleGrad) && !scalar_out {
+        // (Per-sample gradients also take one loss per sample; the core checks their output.)
+        if matches!(mode, Mode::Grad | Mode::ValueAndGrad) && !scalar_out {
             return Err(PyTypeError::new_err(format!(
                 "gradients need a scalar output, but this program's output has shape {}; use vjp with an output cotangent",
                 self.output_shape
