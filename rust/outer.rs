@@ -22,6 +22,9 @@ pub fn packed_len(p: usize) -> usize {
 pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool) {
     let per = if packed { packed_len(p) } else { p * p };
     assert!(g.len() == n * p && out.len() == n * per);
+    if p == 0 {
+        return; // nothing to write (and rows of length 0 cannot be chunked)
+    }
     let shared = SharedMut::new(out);
     crate::parallel::for_chunks(n, (PARALLEL_MIN / per.max(1)).max(1), &|samples| {
         for b in samples {

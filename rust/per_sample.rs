@@ -208,6 +208,9 @@ impl<T: Float> Program<T> {
             .output_value(args, batch)
             .iter()
             .fold(T::zero(), |s, &v| s + v);
+        if p == 0 {
+            return Ok(value); // no parameters: rows of length 0
+        }
         // Each use writes its own range of every row; where uses share parameters (one weight
         // read twice) the later ones add to it, and ranges no use writes stay zero.
         if plan.covered < p {

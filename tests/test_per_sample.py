@@ -91,6 +91,13 @@ def test_a_program_returning_one_loss_per_sample(shape):
         assert_close_rel(G[b], fd, 1e-6, f"sample {b} vs finite differences")
 
 
+def test_parameters_of_size_zero_give_empty_rows():
+    f = fa.compile(lambda p, X: fa.sum(X @ p.flat_slice(0, (0, 2)).T), fa.spec((0,)),
+                   fa.spec((None, 2)))
+    G = f.per_sample_grad(np.zeros(0), np.ones((3, 2)))
+    assert G.shape == (3, 0)
+
+
 def test_programs_without_a_per_sample_split_are_refused():
     model = fa.Chain(fa.Dense(2, 4, "tanh"), fa.Dense(4, 1), seed=0)
     X = np.ones((5, 2))
