@@ -6,7 +6,7 @@
 use crate::float::Float;
 use crate::kernels::gemm::{gemm, workspace_len, Operand};
 use crate::kernels::simd::dispatch;
-use crate::kernels::{scaled, SharedMut};
+use crate::kernels::{outer_rows, scaled, SharedMut};
 use std::cell::RefCell;
 
 /// Output elements below which a product runs on the calling thread.
@@ -22,9 +22,6 @@ pub fn packed_len(p: usize) -> usize {
 pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool) {
     let per = if packed { packed_len(p) } else { p * p };
     assert!(g.len() == n * p && out.len() == n * per);
-    if p == 0 {
-        return; // nothing to write (and rows of length 0 cannot be chunked)
-    }
     let shared = SharedMut::new(out);
     crate::parallel::for_chunks(n, (PARALLEL_MIN / per.max(1)).max(1), &|samples| {
         for b in samples {
@@ -41,9 +38,7 @@ pub fn outer<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], packed: bool)
                             at += p - i;
                         }
                     } else {
-                        for (row, &gi) in ob.chunks_exact_mut(p).zip(gb) {
-                            scaled(row, gi, gb);
-                        }
+                        outer_rows(ob, T::one(), gb, gb, false);
                     }
                 },
             );

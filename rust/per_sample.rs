@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{Op, ReduceOp};
 use crate::kernels::simd::dispatch;
-use crate::kernels::{axpy, scaled, SharedMut};
+use crate::kernels::{outer_rows, scaled_into, SharedMut};
 use crate::program::{Phase, Program};
 use crate::shape::Dim;
 use smallvec::SmallVec;
@@ -224,13 +224,6 @@ impl<T: Float> Program<T> {
             // SAFETY: this task alone writes rows r.
             let g = unsafe { shared.range(r.start * p..r.end * p) };
             for (u, &assign) in plan.uses.iter().zip(&plan.first) {
-                let write = move |g: &mut [T], a: T, x: &[T]| {
-                    if assign {
-                        scaled(g, a, x)
-                    } else {
-                        axpy(g, a, x)
-                    }
-                };
                 match *u {
                     Use::Weight {
                         step,
@@ -252,7 +245,8 @@ impl<T: Float> Program<T> {
                             || {
                                 let samples = g.chunks_exact_mut(p).zip(u.chunks_exact(lu));
                                 for ((g, u), v) in samples.zip(v.chunks_exact(lv)) {
-                                    outer(&mut g[offset..offset + lu * lv], u, v, scale, write);
+                                    let g = &mut g[offset..offset + lu * lv];
+                                    outer_rows(g, scale, u, v, !assign);
                                 }
                             },
                         )
@@ -264,7 +258,7 @@ impl<T: Float> Program<T> {
                             #[inline(always)]
                             || {
                                 for (g, d) in g.chunks_exact_mut(p).zip(d.chunks_exact(n)) {
-                                    write(&mut g[offset..offset + n], scale, d);
+                                    scaled_into(&mut g[offset..offset + n], scale, d, !assign);
                                 }
                             },
                         )
@@ -274,21 +268,6 @@ impl<T: Float> Program<T> {
         };
         crate::parallel::for_chunks(batch, (1 << 15) / p.max(1), &rows);
         Ok(value)
-    }
-}
-
-/// g (u.len() × v.len(), row-major) = or += scale · u vᵀ, by `write(g_row, a, x)` (g_row = or
-/// += a·x) along g's contiguous rows (or, for one column, down it), so the inner loop is long
-/// and vectorises.
-#[inline(always)]
-fn outer<T: Float>(g: &mut [T], u: &[T], v: &[T], scale: T, write: impl Fn(&mut [T], T, &[T])) {
-    let cols = v.len();
-    if cols == 1 {
-        write(g, scale * v[0], u);
-        return;
-    }
-    for (g, &ur) in g.chunks_exact_mut(cols).zip(u) {
-        write(g, scale * ur, v);
     }
 }
 

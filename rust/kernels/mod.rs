@@ -96,6 +96,38 @@ pub(crate) fn scaled<T: crate::float::Float>(y: &mut [T], a: T, x: &[T]) {
     blocks_of_16(y, x, |y, x| *y = a * x)
 }
 
+/// y = a·x, or y += a·x with `accumulate` (`scaled` or `axpy`).
+#[inline(always)]
+pub(crate) fn scaled_into<T: crate::float::Float>(y: &mut [T], a: T, x: &[T], accumulate: bool) {
+    if accumulate {
+        axpy(y, a, x)
+    } else {
+        scaled(y, a, x)
+    }
+}
+
+/// c (a.len() × b.len(), row-major) = scale·a bᵀ, or += with `accumulate`: along c's rows, or
+/// for one column down it, so the inner loop is long and vectorises. Inline it into a
+/// `simd::dispatch` closure.
+#[inline(always)]
+pub(crate) fn outer_rows<T: crate::float::Float>(
+    c: &mut [T],
+    scale: T,
+    a: &[T],
+    b: &[T],
+    accumulate: bool,
+) {
+    match b.len() {
+        0 => {}
+        1 => scaled_into(&mut c[..a.len()], scale * b[0], a, accumulate),
+        n => {
+            for (row, &ai) in c.chunks_exact_mut(n).zip(a) {
+                scaled_into(row, scale * ai, b, accumulate);
+            }
+        }
+    }
+}
+
 /// Every row of `out` (rows × row.len()) = `row`: a bias broadcast over a batch. Short rows are
 /// copied with vector moves; `copy_from_slice` would call memcpy once per row.
 pub(crate) fn fill_rows<T: crate::float::Float>(out: &mut [T], row: &[T]) {

@@ -186,7 +186,7 @@ unsafe fn gemv<T: Float>(
 /// C (m×n) (+)= a bᵀ for vectors a (m) and b (n): a product of depth 1, where op(A) and op(B)
 /// are read in their stored order whether transposed or not. Rows split over the threads.
 fn outer_product<T: Float>(a: &[T], b: &[T], c: &mut [T], accumulate: bool) {
-    use crate::kernels::{axpy, scaled, SharedMut, PARALLEL_MIN_ELEMENTS};
+    use crate::kernels::{outer_rows, SharedMut, PARALLEL_MIN_ELEMENTS};
     let n = b.len();
     let shared = SharedMut::new(c);
     crate::parallel::for_chunks(a.len(), PARALLEL_MIN_ELEMENTS / n, &|rows| {
@@ -195,15 +195,7 @@ fn outer_product<T: Float>(a: &[T], b: &[T], c: &mut [T], accumulate: bool) {
         let a = &a[rows];
         simd::dispatch(
             #[inline(always)]
-            || {
-                for (row, &ai) in c.chunks_exact_mut(n).zip(a) {
-                    if accumulate {
-                        axpy(row, ai, b);
-                    } else {
-                        scaled(row, ai, b);
-                    }
-                }
-            },
+            || outer_rows(c, T::one(), a, b, accumulate),
         )
     });
 }
