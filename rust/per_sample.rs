@@ -152,6 +152,8 @@ impl<T: Float> Program<T> {
                 }
             }
         }
+        // A product of width 0 reads no parameters (and its rows of length 0 cannot be chunked).
+        uses.retain(|u| self.use_len(u) > 0);
         let (first, covered) = first_writes(&uses, |u| self.use_len(u));
         Ok(PerSamplePlan {
             uses,
@@ -208,9 +210,6 @@ impl<T: Float> Program<T> {
             .output_value(args, batch)
             .iter()
             .fold(T::zero(), |s, &v| s + v);
-        if p == 0 {
-            return Ok(value); // no parameters: rows of length 0
-        }
         // Each use writes its own range of every row; where uses share parameters (one weight
         // read twice) the later ones add to it, and ranges no use writes stay zero.
         if plan.covered < p {

@@ -91,11 +91,18 @@ def test_a_program_returning_one_loss_per_sample(shape):
         assert_close_rel(G[b], fd, 1e-6, f"sample {b} vs finite differences")
 
 
-def test_parameters_of_size_zero_give_empty_rows():
+def test_parameters_and_products_of_size_zero():
     f = fa.compile(lambda p, X: fa.sum(X @ p.flat_slice(0, (0, 2)).T), fa.spec((0,)),
                    fa.spec((None, 2)))
     G = f.per_sample_grad(np.zeros(0), np.ones((3, 2)))
     assert G.shape == (3, 0)
+    # A product of width 0 beside one of width 1: only the second has gradient rows (X's rows).
+    C = np.zeros((0, 1))
+    g = fa.compile(lambda p, X: fa.sum((X @ p.flat_slice(0, (0, 2)).T) @ C
+                                       + X @ p.flat_slice(0, (1, 2)).T),
+                   fa.spec((2,)), fa.spec((None, 2)))
+    X = np.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(g.per_sample_grad(np.ones(2), X), X)
 
 
 def test_programs_without_a_per_sample_split_are_refused():
