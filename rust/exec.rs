@@ -87,12 +87,7 @@ impl<T: Float> Program<T> {
         }
         let batch = self.batch_size(args)?;
         self.check_grads(grads, batch)?;
-        if self.runs_tiled(batch, true) {
-            self.run_tiled(args, batch, Some(None), None)?;
-        } else {
-            self.forward(args, batch)?;
-            self.backward(args, batch, None);
-        }
+        self.forward_and_backward(args, batch, None)?;
         self.write_grads(grads);
         Ok(self.output_value(args, batch)[0])
     }
@@ -112,16 +107,27 @@ impl<T: Float> Program<T> {
             check_len("value_out", v.len(), self.output_shape(), batch)?;
         }
         self.check_grads(grads, batch)?;
-        if self.runs_tiled(batch, true) {
-            self.run_tiled(args, batch, Some(Some(cotangent)), None)?;
-        } else {
-            self.forward(args, batch)?;
-            self.backward(args, batch, Some(cotangent));
-        }
+        self.forward_and_backward(args, batch, Some(cotangent))?;
         self.write_grads(grads);
         if let Some(v) = value_out {
             v.copy_from_slice(self.output_value(args, batch));
         }
+        Ok(())
+    }
+
+    /// Both sweeps, the reverse one from `cotangent` (from 1 without), tiled when the program
+    /// and the batch allow it.
+    fn forward_and_backward(
+        &mut self,
+        args: &[&[T]],
+        batch: usize,
+        cotangent: Option<&[T]>,
+    ) -> Result<()> {
+        if self.runs_tiled(batch, true) {
+            return self.run_tiled(args, batch, Some(cotangent), None);
+        }
+        self.forward(args, batch)?;
+        self.backward(args, batch, cotangent);
         Ok(())
     }
 
