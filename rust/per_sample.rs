@@ -45,12 +45,16 @@ pub(crate) struct PerSamplePlan {
     mean: bool,
 }
 
+/// The error for a program without per-sample gradients, saying why.
+fn refused<R>(why: String) -> Result<R> {
+    Err(Error::value(format!("per-sample gradients: {why}")))
+}
+
 impl<T: Float> Program<T> {
     /// Where the differentiated argument enters, or why per-sample gradients are not possible.
     fn per_sample_plan(&self) -> Result<PerSamplePlan> {
-        let fail = |why: String| Err(Error::value(format!("per-sample gradients: {why}")));
         if self.wrt.len() != 1 || self.arg_shapes[self.wrt[0]].is_batched() {
-            return fail(
+            return refused(
                 "they need exactly one differentiated argument, without a batch axis".into(),
             );
         }
@@ -60,7 +64,7 @@ impl<T: Float> Program<T> {
             // exists only when every batched step is row-local, and a batched output that reads
             // a sum over the batch has none.
             if self.tiling.is_none() {
-                return fail(
+                return refused(
                     "each per-sample loss must depend on its own sample alone (no operation \
                      mixing rows, such as a sum over the batch)"
                         .into(),
@@ -69,7 +73,7 @@ impl<T: Float> Program<T> {
             return self.per_sample_uses(false);
         }
         if out.rank() != 0 {
-            return fail(format!(
+            return refused(format!(
                 "the output must be a scalar loss (a sum or mean over the batch) or one loss \
                  per sample, (N,); not of shape {out}"
             ));
@@ -79,7 +83,7 @@ impl<T: Float> Program<T> {
             .collect();
         let one_pass = self.tiling.as_ref().is_some_and(|p| p.grad_in_one_pass);
         if !one_pass || reduces.len() != 1 {
-            return fail(
+            return refused(
                 "the output must be a sum or mean over the batch of per-sample terms \
                          (a loss of the whole batch, such as (Σ y)², has no per-sample split)"
                     .into(),
@@ -91,7 +95,6 @@ impl<T: Float> Program<T> {
 
     /// Where the differentiated argument is read: only as dense layers' weights and biases.
     fn per_sample_uses(&self, mean: bool) -> Result<PerSamplePlan> {
-        let fail = |why: String| Err(Error::value(format!("per-sample gradients: {why}")));
         let Some(param) = self.arg_steps[self.wrt[0]] else {
             // The output does not read it: every row is zero.
             return Ok(PerSamplePlan {
@@ -112,7 +115,7 @@ impl<T: Float> Program<T> {
                     _ => continue,
                 };
                 if j != param && matches!(s.op, Op::Slice { .. }) {
-                    return fail(format!(
+                    return refused(format!(
                         "a slice of the parameters is sliced again ({:?})",
                         s.op
                     ));
@@ -143,7 +146,7 @@ impl<T: Float> Program<T> {
                         uses.push(Use::Bias { step: i, offset })
                     }
                     _ => {
-                        return fail(format!(
+                        return refused(format!(
                             "the parameters are read by {:?}, which is not a dense layer's \
                              weight or bias",
                             s.op
