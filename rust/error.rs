@@ -1,41 +1,45 @@
-//! One error type for the whole crate: a kind (what Python exception it becomes) and a message
-//! that names the shapes and dtypes involved.
+//! One error type for the whole crate: what went wrong, as a variant, with a message that names
+//! the shapes, dtypes and values involved. The core knows nothing of Python; the bindings map
+//! each variant to a Python exception in one place (`python/errors.rs`).
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Wrong shape, wrong batch size, bad axis, label out of range: Python `ValueError`.
-    Value,
-    /// Wrong dtype or a use the program does not support: Python `TypeError`.
-    Type,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
+pub enum Error {
+    /// An array's shape, length or batch size does not match what the program expects.
+    Shape(String),
+    /// An array's element type is not the one expected.
+    Dtype(String),
+    /// The wrong number of arguments, gradient buffers or outputs.
+    Arity(String),
+    /// A class label that is not an integer in range.
+    Label(String),
+    /// A question this program cannot answer: a gradient of a non-scalar output.
+    NotScalar(String),
+    /// A question this program cannot answer: per-sample gradients of a loss without a
+    /// per-sample split, training on a program that is not a loss of (params, X[, Y]).
+    Unsupported(String),
+    /// A setting out of range: a learning rate, an axis, a batch size, a node or argument index.
+    Invalid(String),
+    /// A buffer of `bytes` bytes (for `what`) could not be allocated.
+    OutOfMemory { what: String, bytes: u128 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-impl Error {
-    pub fn value(message: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::Value,
-            message: message.into(),
-        }
-    }
-    pub fn type_error(message: impl Into<String>) -> Self {
-        Error {
-            kind: ErrorKind::Type,
-            message: message.into(),
-        }
-    }
-}
-
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            Error::Shape(m)
+            | Error::Dtype(m)
+            | Error::Arity(m)
+            | Error::Label(m)
+            | Error::NotScalar(m)
+            | Error::Unsupported(m)
+            | Error::Invalid(m) => f.write_str(m),
+            Error::OutOfMemory { what, bytes } => {
+                write!(f, "cannot allocate {bytes} bytes for {what}")
+            }
+        }
     }
 }
 

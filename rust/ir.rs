@@ -63,7 +63,7 @@ impl Axis {
         let Some(a) = axis else { return Ok(Axis::All) };
         let r = rank as i64;
         if a < -r || a >= r {
-            return Err(Error::value(format!(
+            return Err(Error::Invalid(format!(
                 "axis {a} is out of bounds for an array of rank {rank}"
             )));
         }
@@ -184,7 +184,7 @@ impl Graph {
         self.nodes
             .get(id)
             .map(|n| n.shape)
-            .ok_or_else(|| Error::value(format!("node {id} does not exist in this graph")))
+            .ok_or_else(|| Error::Invalid(format!("node {id} does not exist in this graph")))
     }
 
     /// A new argument; arguments are numbered in the order they are declared.
@@ -200,7 +200,7 @@ impl Graph {
 
     pub fn constant_array(&mut self, data: Vec<f64>, shape: Shape) -> Result<NodeId> {
         if shape.is_batched() || data.len() != shape.len(0) {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "a constant array of {} elements cannot have shape {shape}",
                 data.len()
             )));
@@ -216,7 +216,7 @@ impl Graph {
 
     pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> Result<NodeId> {
         let s = Shape::broadcast(self.check(a)?, self.check(b)?)
-            .map_err(|e| Error::value(format!("{op:?}: {e}")))?;
+            .map_err(|e| Error::Shape(format!("{op:?}: {e}")))?;
         Ok(self.push(Op::Binary(op, a, b), s))
     }
 
@@ -233,14 +233,14 @@ impl Graph {
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
         let (sa, sb) = (self.check(a)?, self.check(b)?);
         if sa.rank() == 0 || sb.rank() == 0 {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "matmul: operands must have rank 1 or 2, got shapes {sa} and {sb}; use * for scalars"
             )));
         }
         let k_a = *sa.dims().last().unwrap();
         let k_b = sb.dims()[0];
         if k_a != k_b {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "matmul: shapes {sa} and {sb} do not align (contracted dimensions {k_a} and {k_b} differ)"
             )));
         }
@@ -269,7 +269,7 @@ impl Graph {
         let s = self.check(x)?;
         let batches = |s: &Shape| s.dims().iter().filter(|d| **d == Dim::Batch).count();
         if batches(&s) != batches(&shape) || s.len(1) != shape.len(1) || s.len(2) != shape.len(2) {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "cannot reshape an array of shape {s} into shape {shape}"
             )));
         }
@@ -280,13 +280,13 @@ impl Graph {
     pub fn slice(&mut self, x: NodeId, start: usize, shape: Shape) -> Result<NodeId> {
         let s = self.check(x)?;
         if s.is_batched() || shape.is_batched() {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "slice reads a fixed-shape array into a fixed shape; got {s} into {shape}"
             )));
         }
         let (len, n) = (s.len(0), shape.len(0));
         if start.checked_add(n).is_none_or(|end| end > len) {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "slice of {n} elements from {start} runs past the end of an array of shape {s} \
                  ({len} elements)"
             )));
@@ -309,8 +309,8 @@ impl Graph {
     pub fn softmax(&mut self, x: NodeId, axis: Axis, log: bool) -> Result<NodeId> {
         let s = self.check(x)?;
         if s.rank() == 0 {
-            return Err(Error::value(
-                "softmax needs an array of rank 1 or 2, got a scalar",
+            return Err(Error::Shape(
+                "softmax needs an array of rank 1 or 2, got a scalar".into(),
             ));
         }
         reduced_shape(s, axis, false)?;
@@ -321,7 +321,7 @@ impl Graph {
     pub fn take_along_rows(&mut self, x: NodeId, index: NodeId) -> Result<NodeId> {
         let (sx, si) = (self.check(x)?, self.check(index)?);
         if sx.rank() != 2 || si.rank() != 1 || sx.dims()[0] != si.dims()[0] {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "take_along_rows needs a matrix (R, C) and indices (R,), got {sx} and {si}"
             )));
         }
@@ -336,14 +336,14 @@ fn reduced_shape(s: Shape, axis: Axis, keepdims: bool) -> Result<Shape> {
     let (kept, with_ones): (Vec<Dim>, Vec<Dim>) = match (axis, s.rank()) {
         (Axis::All, r) => (vec![], vec![one; r]),
         (_, 0) => {
-            return Err(Error::value(
-                "an axis was given for a scalar (rank 0) operand",
+            return Err(Error::Shape(
+                "an axis was given for a scalar (rank 0) operand".into(),
             ))
         }
         (Axis::WithinRows, 1) => (vec![], vec![one]),
         (Axis::WithinRows, _) => (vec![d[0]], vec![d[0], one]),
         (Axis::WithinCols, 1) => {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "axis 0 of a vector {s} is its only axis; use axis=-1"
             )))
         }
@@ -377,10 +377,11 @@ mod tests {
         let z = g.matmul(y, v).unwrap();
         assert_eq!(g.shape(z), Shape::from_dims(&[Dim::Batch]));
         let err = g.matmul(x, w).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, crate::Error::Shape(_)), "{err:?}");
         assert!(
-            err.message.contains("(None, 3)") && err.message.contains("(4, 3)"),
-            "{}",
-            err.message
+            message.contains("(None, 3)") && message.contains("(4, 3)"),
+            "{message}"
         );
     }
 

@@ -1,8 +1,11 @@
 //! fastad — a compiled, allocation-free reverse-mode tape for dense networks and array programs.
 //!
-//! The pipeline is `Graph` (the IR, built op by op with shape inference) → `Program::compile`
-//! (schedule, gradient analysis, buffer plan) → replays (`value`, `value_and_grad`, `vjp`) that
-//! run forward and reverse sweeps over preallocated buffers and allocate nothing in steady state.
+//! Data flows one way: `Graph` (the IR, built op by op with shape inference, `ir.rs`) →
+//! `Plan::compile` (schedule, gradient analysis, tiling and per-sample plans, `plan/`) → runners
+//! (`runner/`: whole-batch, tiled, per-sample) that replay the plan over buffers of their own
+//! through the sweeps of `sweep.rs` and the kernels of `kernels/`. `Program` (`program/`) is the
+//! front: a plan, its runners' buffers, and entry points for slices and `ndarray` views that
+//! check a call and pick the runner. Replays allocate nothing in steady state.
 //!
 //! ```
 //! use fastad::{Graph, Program, Shape, UnaryOp, BinaryOp, ReduceOp, Axis};
@@ -17,26 +20,28 @@
 //! assert!((grad[2] - 2f64.exp()).abs() < 1e-12);
 //! ```
 pub mod alloc_count;
+mod buffer;
 mod error;
-mod exec;
 mod float;
 mod ir;
 pub mod kernels;
 pub mod optim;
 pub mod outer;
 pub mod parallel;
-mod per_sample;
+pub mod plan;
 mod program;
+pub mod runner;
 mod shape;
-mod tiling;
+mod sweep;
 pub mod train;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, Result};
 pub use float::Float;
 pub use ir::{Axis, BinaryOp, Graph, Node, NodeId, Op, ReduceOp, UnaryOp};
 pub use optim::{Optimizer, Rule};
+pub use plan::Plan;
 pub use program::Program;
-pub use shape::{Dim, Shape};
+pub use shape::{fmt_dims, BatchSize, Dim, Shape};
 pub use train::{Dataset, Schedule, Trainer};
 
 #[cfg(feature = "python")]

@@ -33,7 +33,7 @@ impl Rule {
             if ok {
                 Ok(())
             } else {
-                Err(Error::value(format!(
+                Err(Error::Invalid(format!(
                     "optimizer: {what} must be {range}, got {v}"
                 )))
             }
@@ -52,7 +52,9 @@ impl Rule {
                 )?;
                 check(weight_decay >= 0.0, "weight_decay", "≥ 0", weight_decay)?;
                 if nesterov && momentum == 0.0 {
-                    return Err(Error::value("optimizer: nesterov=True needs momentum > 0"));
+                    return Err(Error::Invalid(
+                        "optimizer: nesterov=True needs momentum > 0".into(),
+                    ));
                 }
             }
             Rule::Adam {
@@ -101,7 +103,7 @@ impl<T: Float> Optimizer<T> {
             rule,
             lr,
             steps: 0,
-            state: vec![T::zero(); rule.buffers() * len],
+            state: crate::buffer::filled(rule.buffers() * len, T::zero(), "optimizer state")?,
             len,
         })
     }
@@ -118,7 +120,7 @@ impl<T: Float> Optimizer<T> {
     /// One update of `params` from the gradient `grad` (both `len` long).
     pub fn step(&mut self, params: &mut [T], grad: &[T]) -> Result<()> {
         if params.len() != self.len || grad.len() != self.len {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "optimizer: it updates {} parameters; got params of {} and a gradient of {}",
                 self.len,
                 params.len(),
@@ -206,7 +208,7 @@ pub fn check_lr(lr: f64) -> Result<()> {
     if lr >= 0.0 && lr.is_finite() {
         Ok(())
     } else {
-        Err(Error::value(format!(
+        Err(Error::Invalid(format!(
             "optimizer: lr must be finite and ≥ 0, got {lr}"
         )))
     }

@@ -52,7 +52,7 @@ impl Shape {
 
     pub fn try_from_dims(dims: &[Dim]) -> Result<Shape> {
         if dims.len() > 2 {
-            return Err(Error::value(format!(
+            return Err(Error::Shape(format!(
                 "fastad arrays have rank 0, 1 or 2; got a shape of rank {}",
                 dims.len()
             )));
@@ -113,7 +113,7 @@ impl Shape {
                 (Dim::Fixed(1), y) => y,
                 (x, Dim::Fixed(1)) => x,
                 _ => {
-                    return Err(Error::value(format!(
+                    return Err(Error::Shape(format!(
                         "shapes {a} and {b} cannot be broadcast together"
                     )))
                 }
@@ -142,6 +142,73 @@ impl fmt::Display for Dim {
             Dim::Batch => f.write_str("None"),
             Dim::Fixed(n) => write!(f, "{n}"),
         }
+    }
+}
+
+/// `(2, 3)`, `(3,)` or `()`: dimensions as NumPy prints a shape tuple.
+pub fn fmt_dims(dims: &[usize]) -> String {
+    match dims {
+        [] => "()".into(),
+        [n] => format!("({n},)"),
+        _ => {
+            let inner: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            format!("({})", inner.join(", "))
+        }
+    }
+}
+
+/// The batch size of one call, taken from its arguments' shapes: the first batched argument
+/// sets it, and every later one must agree. One rule for every entry point (NumPy arrays in the
+/// bindings, `ndarray` views in the core).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchSize {
+    /// (rows, the argument that set them)
+    first: Option<(usize, usize)>,
+}
+
+impl BatchSize {
+    /// The batch size; 0 when no argument is batched.
+    pub fn get(&self) -> usize {
+        self.first.map_or(0, |(n, _)| n)
+    }
+
+    /// Checks argument `k`'s dimensions `actual` against `expected`, and its batch size against
+    /// the earlier arguments'. `name(k)` names an argument in messages (built only for them).
+    pub fn check(
+        &mut self,
+        k: usize,
+        actual: &[usize],
+        expected: Shape,
+        name: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        let bad = || {
+            Error::Shape(format!(
+                "{} has shape {}; expected {expected}",
+                name(k),
+                fmt_dims(actual)
+            ))
+        };
+        if actual.len() != expected.rank() {
+            return Err(bad());
+        }
+        for (&n, d) in actual.iter().zip(expected.dims()) {
+            match *d {
+                Dim::Fixed(m) if m != n => return Err(bad()),
+                Dim::Batch => match self.first {
+                    Some((m, first)) if m != n => {
+                        return Err(Error::Shape(format!(
+                            "batch sizes differ: {} has {m} rows, {} has {n}",
+                            name(first),
+                            name(k)
+                        )))
+                    }
+                    None => self.first = Some((n, k)),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 

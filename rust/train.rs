@@ -40,27 +40,27 @@ impl<T: Float> Trainer<T> {
         let has_y = data.y.is_some();
         let arity_ok = shapes.len() == 2 + usize::from(has_y);
         if !arity_ok || program.wrt() != [0] || program.output_shape().rank() != 0 {
-            return Err(Error::value(
-                "training needs a scalar loss program of (params, X[, Y]) with wrt=0",
+            return Err(Error::Unsupported(
+                "training needs a scalar loss program of (params, X[, Y]) with wrt=0".into(),
             ));
         }
         if shapes[0].is_batched() || !shapes[1].is_batched() {
-            return Err(Error::value(
-                "training needs unbatched parameters and a batched X",
+            return Err(Error::Unsupported(
+                "training needs unbatched parameters and a batched X".into(),
             ));
         }
         if schedule.batch_size == 0 {
-            return Err(Error::value("batch_size must be at least 1"));
+            return Err(Error::Invalid("batch_size must be at least 1".into()));
         }
         if data.rows == 0 {
-            return Err(Error::value(
-                "training needs at least one sample; X has 0 rows",
+            return Err(Error::Invalid(
+                "training needs at least one sample; X has 0 rows".into(),
             ));
         }
         let width = |k: usize, data_len: usize| {
             let w = shapes[k].len(1);
             if data_len != data.rows * w {
-                return Err(Error::value(format!(
+                return Err(Error::Shape(format!(
                     "argument {k} has {data_len} elements; expected {} rows of {w}",
                     data.rows
                 )));

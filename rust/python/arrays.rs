@@ -1,26 +1,13 @@
 //! NumPy argument checks: inputs are read in place when they already have the program's dtype
 //! and layout (converted otherwise); `out=` arrays must match exactly. Messages name the
 //! argument, the expected and the actual shape or dtype.
+use super::errors::to_py_err;
+use crate::error::Error;
 use crate::float::Float;
-use crate::shape::{Dim, Shape};
+use crate::shape::{fmt_dims, BatchSize, Shape};
 use numpy::{Element, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-
-pub(crate) fn fmt_dims(dims: &[usize]) -> String {
-    match dims {
-        [] => "()".into(),
-        [n] => format!("({n},)"),
-        _ => format!(
-            "({})",
-            dims.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
 
 /// A read-only view of an argument's data, kept alive by `_owner` (the argument or its copy).
 pub(crate) struct InView<'py> {
@@ -69,56 +56,23 @@ fn is_writeable(a: &Bound<'_, PyUntypedArray>) -> bool {
     unsafe { (*a.as_array_ptr()).fields.flags & numpy::npyffi::NPY_ARRAY_WRITEABLE != 0 }
 }
 
-/// Tracks the batch size across arguments: the first batched argument (by index) sets it.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct BatchSize {
-    pub value: Option<(usize, usize)>,
-}
-
-impl BatchSize {
-    pub fn get(&self) -> usize {
-        self.value.map_or(0, |(n, _)| n)
-    }
-}
-
 /// Names argument `k` in messages; called only when a message is needed.
 pub(crate) type Namer<'a> = &'a dyn Fn(usize) -> String;
 
-fn check_shape(
-    name: Namer,
-    k: usize,
-    actual: &[usize],
-    expected: Shape,
-    batch: &mut BatchSize,
-) -> PyResult<()> {
-    let bad = || {
-        PyValueError::new_err(format!(
-            "{} has shape {}; expected {expected}",
-            name(k),
-            fmt_dims(actual)
-        ))
-    };
-    if actual.len() != expected.rank() {
-        return Err(bad());
-    }
-    for (&n, d) in actual.iter().zip(expected.dims()) {
-        match *d {
-            Dim::Fixed(m) if m != n => return Err(bad()),
-            Dim::Batch => match batch.value {
-                Some((m, first)) if m != n => {
-                    return Err(PyValueError::new_err(format!(
-                        "batch sizes differ: {} has {m} rows, {} has {n}",
-                        name(first),
-                        name(k)
-                    )))
-                }
-                None => batch.value = Some((n, k)),
-                _ => {}
-            },
-            _ => {}
+/// How an output is named in messages: "out", or "out[1]" for one of a tuple.
+#[derive(Clone, Copy)]
+pub(crate) enum OutName<'a> {
+    Plain(&'a str),
+    Indexed(&'a str, usize),
+}
+
+impl std::fmt::Display for OutName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutName::Plain(s) => f.write_str(s),
+            OutName::Indexed(s, i) => write!(f, "{s}[{i}]"),
         }
     }
-    Ok(())
 }
 
 /// Reads `obj` as a C-contiguous array of `T` of shape `expected`, in place when it already is
@@ -133,7 +87,9 @@ pub(crate) fn input_view<'py, T: Float + Element>(
     let py = obj.py();
     if let Ok(a) = obj.cast::<PyUntypedArray>() {
         if a.is_c_contiguous() && a.is_aligned() && a.dtype().is_equiv_to(&numpy::dtype::<T>(py)) {
-            check_shape(name, k, a.shape(), expected, batch)?;
+            batch
+                .check(k, a.shape(), expected, name)
+                .map_err(to_py_err)?;
             return Ok(InView {
                 ptr: data_ptr(a),
                 len: a.len(),
@@ -146,18 +102,20 @@ pub(crate) fn input_view<'py, T: Float + Element>(
     let arr = np.call_method1("asarray", (obj,))?;
     let kind: char = arr.getattr("dtype")?.getattr("kind")?.extract()?;
     if !"biuf".contains(kind) {
-        return Err(PyTypeError::new_err(format!(
+        return Err(to_py_err(Error::Dtype(format!(
             "{} has dtype {}, which does not convert to {}",
             name(k),
             arr.getattr("dtype")?.str()?,
             T::NAME
-        )));
+        ))));
     }
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", T::NAME)?;
     let arr = np.call_method("ascontiguousarray", (arr,), Some(&kwargs))?;
     let a = arr.cast::<PyUntypedArray>()?;
-    check_shape(name, k, a.shape(), expected, batch)?;
+    batch
+        .check(k, a.shape(), expected, name)
+        .map_err(to_py_err)?;
     Ok(InView {
         ptr: data_ptr(a),
         len: a.len(),
@@ -167,41 +125,44 @@ pub(crate) fn input_view<'py, T: Float + Element>(
 }
 
 /// Checks a caller's `out=` array: exactly this dtype and shape, C-contiguous, aligned, writable.
+/// The one `out=` rule: the compiled programs, the outer products, the optimisers and (through
+/// `check_out`) the Python layer all use it.
 pub(crate) fn out_view<'py, T: Float + Element>(
     obj: &Bound<'py, PyAny>,
-    what: &str,
+    what: OutName,
     dims: &[usize],
 ) -> PyResult<OutView<'py>> {
-    let a = obj.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "{what} must be a NumPy array of dtype {} and shape {}, got {}",
+    let fail = |e: Error| Err(to_py_err(e));
+    let Ok(a) = obj.cast::<PyUntypedArray>() else {
+        let type_name = obj.get_type().name().map_or("?".into(), |n| n.to_string());
+        return fail(Error::Dtype(format!(
+            "{what} must be a NumPy array of dtype {} and shape {}, got {type_name}",
             T::NAME,
             fmt_dims(dims),
-            obj.get_type().name().map_or("?".into(), |n| n.to_string())
-        ))
-    })?;
+        )));
+    };
     let dtype = a.dtype();
     if !dtype.is_equiv_to(&numpy::dtype::<T>(obj.py())) {
-        return Err(PyTypeError::new_err(format!(
+        return fail(Error::Dtype(format!(
             "{what} has dtype {}; expected {}",
             dtype.str()?,
             T::NAME
         )));
     }
     if a.shape() != dims {
-        return Err(PyValueError::new_err(format!(
+        return fail(Error::Shape(format!(
             "{what} has shape {}; expected {}",
             fmt_dims(a.shape()),
             fmt_dims(dims)
         )));
     }
     if !a.is_c_contiguous() || !a.is_aligned() {
-        return Err(PyValueError::new_err(format!(
+        return fail(Error::Shape(format!(
             "{what} must be C-contiguous and aligned"
         )));
     }
     if !is_writeable(a) {
-        return Err(PyValueError::new_err(format!("{what} is read-only")));
+        return fail(Error::Invalid(format!("{what} is read-only")));
     }
     Ok(OutView {
         ptr: data_ptr(a),
@@ -231,31 +192,79 @@ fn overlap(p: *const u8, n: usize, q: *const u8, m: usize) -> bool {
 /// Outputs must not share memory with inputs or with each other. Names are built only for errors.
 pub(crate) fn check_no_aliasing(
     inputs: &[InView],
-    input_name: &dyn Fn(usize) -> String,
+    input_name: Namer,
     outs: &[&OutView],
-    out_name: &dyn Fn(usize) -> String,
+    out_name: &dyn Fn(usize) -> OutName<'static>,
 ) -> PyResult<()> {
     for (i, o) in outs.iter().enumerate() {
         if let Some(k) = inputs
             .iter()
             .position(|inp| overlap(o.ptr, o.bytes, inp.ptr, inp.bytes))
         {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Invalid(format!(
                 "{} shares memory with {}; pass a separate array",
                 out_name(i),
                 input_name(k)
-            )));
+            ))));
         }
         if let Some(j) = outs[..i]
             .iter()
             .position(|o2| overlap(o.ptr, o.bytes, o2.ptr, o2.bytes))
         {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Invalid(format!(
                 "{} shares memory with {}; pass separate arrays",
                 out_name(i),
                 out_name(j)
-            )));
+            ))));
         }
     }
     Ok(())
+}
+
+/// The bytes an array's elements span (as `numpy.byte_bounds`), as a view for the overlap test.
+fn span<'py>(obj: &Bound<'py, PyAny>) -> Option<InView<'py>> {
+    let a = obj.cast::<PyUntypedArray>().ok()?;
+    let item = a.dtype().itemsize() as isize;
+    if a.len() == 0 {
+        return None;
+    }
+    let (mut lo, mut hi) = (0isize, item);
+    for (&n, &stride) in a.shape().iter().zip(a.strides()) {
+        let reach = (n as isize - 1) * stride;
+        if reach < 0 {
+            lo += reach;
+        } else {
+            hi += reach;
+        }
+    }
+    Some(InView {
+        // SAFETY: `lo` stays within the array's allocation (its lowest element).
+        ptr: unsafe { data_ptr(a).offset(lo) },
+        len: 0,
+        bytes: (hi - lo) as usize,
+        _owner: obj.clone(),
+    })
+}
+
+/// Checks `out` as every `out=` of fastad is checked (`out_view`: dtype, exact shape,
+/// C-contiguous, aligned, writable) and that it shares no memory with `inputs`; for the Python
+/// layer's own methods, which check their `out=` before streaming into it.
+#[pyfunction]
+#[pyo3(signature = (out, shape, dtype, inputs))]
+pub fn check_out(
+    out: &Bound<'_, PyAny>,
+    shape: Vec<usize>,
+    dtype: &str,
+    inputs: Vec<Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let dtype = super::dtype::Dtype::from_name(dtype).map_err(to_py_err)?;
+    let view =
+        super::dtype::by_dtype!(dtype, T => out_view::<T>(out, OutName::Plain("out"), &shape)?);
+    let spans: Vec<InView> = inputs.iter().filter_map(span).collect();
+    check_no_aliasing(
+        &spans,
+        &|_| "an input (X, Y or the parameters)".into(),
+        &[&view],
+        &|_| OutName::Plain("out"),
+    )
 }

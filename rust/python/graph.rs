@@ -1,10 +1,10 @@
 //! `Graph`: the tracer's handle on the core IR. Each method adds one node and returns its id;
 //! shape errors surface here, at the traced line.
 use super::to_py_err;
+use crate::error::Error;
 use crate::ir::{Axis, BinaryOp, ReduceOp, UnaryOp};
 use crate::shape::{Dim, Shape};
 use numpy::{PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 #[pyclass(module = "fastad._fastad")]
@@ -51,9 +51,9 @@ fn unary_op(name: &str, p: f64) -> PyResult<UnaryOp> {
         "square" => UnaryOp::Square,
         "pow" => UnaryOp::Powf(p),
         _ => {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Invalid(format!(
                 "unknown unary operation {name:?}"
-            )))
+            ))))
         }
     })
 }
@@ -68,9 +68,9 @@ fn binary_op(name: &str) -> PyResult<BinaryOp> {
         "maximum" => BinaryOp::Maximum,
         "minimum" => BinaryOp::Minimum,
         _ => {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Invalid(format!(
                 "unknown binary operation {name:?}"
-            )))
+            ))))
         }
     })
 }
@@ -80,7 +80,11 @@ fn reduce_op(name: &str) -> PyResult<ReduceOp> {
         "sum" => ReduceOp::Sum,
         "mean" => ReduceOp::Mean,
         "logsumexp" => ReduceOp::LogSumExp,
-        _ => return Err(PyValueError::new_err(format!("unknown reduction {name:?}"))),
+        _ => {
+            return Err(to_py_err(Error::Invalid(format!(
+                "unknown reduction {name:?}"
+            ))))
+        }
     })
 }
 
@@ -176,9 +180,9 @@ impl Graph {
 impl Graph {
     fn check(&self, x: usize) -> PyResult<()> {
         if x >= self.inner.nodes().len() {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Invalid(format!(
                 "node {x} does not exist in this graph"
-            )));
+            ))));
         }
         Ok(())
     }

@@ -1,25 +1,22 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
-//! `outer` (batched outer products), `train` (optimisers, training loops), `arrays` (NumPy
-//! argument checks).
+//! `outer` (batched outer products), `train` (optimisers, training loops), `arrays` (the NumPy
+//! argument and `out=` checks), `dtype` (element types), `errors` (core errors → exceptions).
 use pyo3::prelude::*;
 
 mod arrays;
+mod dtype;
+mod errors;
 mod graph;
 mod outer;
 mod program;
 mod train;
 
+use errors::to_py_err;
+
 /// Counting allocations lets users and tests check that a replay allocates nothing.
 #[global_allocator]
 static ALLOCATOR: crate::alloc_count::CountingAllocator = crate::alloc_count::CountingAllocator;
-
-fn to_py_err(e: crate::Error) -> PyErr {
-    match e.kind {
-        crate::ErrorKind::Value => pyo3::exceptions::PyValueError::new_err(e.message),
-        crate::ErrorKind::Type => pyo3::exceptions::PyTypeError::new_err(e.message),
-    }
-}
 
 /// Heap allocations made by the native extension since it was loaded, on all threads.
 #[pyfunction]
@@ -31,9 +28,9 @@ fn allocation_count() -> u64 {
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
     if n == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "the number of threads must be at least 1",
-        ));
+        return Err(to_py_err(crate::Error::Invalid(
+            "the number of threads must be at least 1".into(),
+        )));
     }
     crate::parallel::set_num_threads(n);
     Ok(())
@@ -52,6 +49,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::check_out, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;

@@ -1,9 +1,11 @@
 //! `fa.outer`, `fa.outer_sum`, `fa.outer_diag`: argument checks around `crate::outer`.
-use super::arrays::{check_no_aliasing, fmt_dims, input_view, new_out, out_view, BatchSize};
+use super::arrays::{check_no_aliasing, input_view, new_out, out_view, OutName};
+use super::dtype::{by_dtype, Dtype};
+use super::errors::to_py_err;
+use crate::error::Error;
 use crate::float::Float;
-use crate::shape::Shape;
+use crate::shape::{fmt_dims, BatchSize, Shape};
 use numpy::{Element, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use smallvec::{smallvec, SmallVec};
 
@@ -26,8 +28,8 @@ impl Kind {
     }
 }
 
-/// G's shape (N, P) and whether it computes in float32 (else float64).
-fn shape_and_dtype(g: &Bound<'_, PyAny>) -> PyResult<((usize, usize), bool)> {
+/// G's shape (N, P) and the dtype it computes in: float32 for float32, else float64.
+fn shape_and_dtype(g: &Bound<'_, PyAny>) -> PyResult<((usize, usize), Dtype)> {
     let a = match g.cast::<PyUntypedArray>() {
         Ok(a) => a.clone(),
         Err(_) => {
@@ -39,17 +41,21 @@ fn shape_and_dtype(g: &Bound<'_, PyAny>) -> PyResult<((usize, usize), bool)> {
     // The dtype's kind character, read from the descriptor (extracting a Python str would
     // allocate under the stable ABI).
     if !b"biuf".contains(&a.dtype().kind()) {
-        return Err(PyTypeError::new_err(format!(
+        return Err(to_py_err(Error::Dtype(format!(
             "G must be a real array, got dtype {}",
             a.dtype().str()?
-        )));
+        ))));
     }
+    let dtype = match Dtype::of_array(&a) {
+        Some(Dtype::F32) => Dtype::F32,
+        _ => Dtype::F64,
+    };
     match a.shape() {
-        &[n, p] => Ok(((n, p), a.dtype().is_equiv_to(&numpy::dtype::<f32>(g.py())))),
-        s => Err(PyValueError::new_err(format!(
+        &[n, p] => Ok(((n, p), dtype)),
+        s => Err(to_py_err(Error::Shape(format!(
             "G must have shape (N, P), one vector per row; got shape {}",
             fmt_dims(s)
-        ))),
+        )))),
     }
 }
 
@@ -68,16 +74,16 @@ fn run<'py, T: Float + Element>(
         Kind::Sum { accumulate: true } | Kind::Diag { accumulate: true }
     );
     let ov = match out {
-        Some(o) => out_view::<T>(o, "out", &dims)?,
+        Some(o) => out_view::<T>(o, OutName::Plain("out"), &dims)?,
         None if accumulate => {
-            return Err(PyValueError::new_err(
-                "accumulate=True adds to out=, so it needs out",
-            ))
+            return Err(to_py_err(Error::Invalid(
+                "accumulate=True adds to out=, so it needs out".into(),
+            )))
         }
         None => new_out::<T>(py, &dims),
     };
     check_no_aliasing(std::slice::from_ref(&gv), &|_| "G".into(), &[&ov], &|_| {
-        "out".into()
+        OutName::Plain("out")
     })?;
     // SAFETY: both views were checked for T, and do not overlap.
     let (gs, os) = unsafe { (gv.slice::<T>(), ov.slice::<T>()) };
@@ -94,12 +100,8 @@ fn dispatch<'py>(
     out: Option<&Bound<'py, PyAny>>,
     kind: Kind,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (shape, single) = shape_and_dtype(g)?;
-    if single {
-        run::<f32>(g, shape, out, kind)
-    } else {
-        run::<f64>(g, shape, out, kind)
-    }
+    let (shape, dtype) = shape_and_dtype(g)?;
+    by_dtype!(dtype, T => run::<T>(g, shape, out, kind))
 }
 
 /// H[b] = g_b g_bᵀ for each row g_b of G (N, P): H (N, P, P), or with `packed=True` (N,

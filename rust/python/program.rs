@@ -1,22 +1,22 @@
 //! `Program`: a compiled program callable from Python. One FFI call per user call: arguments are
 //! checked and viewed in place, the GIL is released, and the core replays into the views.
-use super::arrays::{check_no_aliasing, input_view, new_out, out_view, BatchSize, InView, OutView};
+use super::arrays::{check_no_aliasing, input_view, new_out, out_view, InView, OutName, OutView};
+use super::dtype::{typed, Dtype, Typed};
+use super::errors::to_py_err;
 use super::graph::{shape_to_py, Graph};
-use super::to_py_err;
 use crate::float::Float;
-use crate::shape::Shape;
+use crate::plan::{arg_label, check_arity, check_scalar, Plan};
+use crate::shape::{BatchSize, Shape};
 use numpy::Element;
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
 use smallvec::SmallVec;
 use std::sync::Mutex;
 
-pub(super) enum Typed {
-    F32(Mutex<crate::Program<f32>>),
-    F64(Mutex<crate::Program<f64>>),
-}
+/// The core program of one element type, one call at a time.
+pub(super) type Locked<T> = Mutex<crate::Program<T>>;
 
+/// What a call computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Value,
@@ -26,23 +26,49 @@ enum Mode {
     PerSampleGrad,
 }
 
+impl Mode {
+    fn method(self) -> &'static str {
+        match self {
+            Mode::Value => "__call__()",
+            Mode::Grad => "grad()",
+            Mode::ValueAndGrad => "value_and_grad()",
+            Mode::Vjp => "vjp()",
+            Mode::PerSampleGrad => "per_sample_grad()",
+        }
+    }
+}
+
 /// A traced function compiled for replay: forward and reverse sweeps over preallocated buffers.
 ///
 /// Calls on one program from several threads are safe; they run one at a time.
 #[pyclass(module = "fastad._fastad", frozen)]
 pub struct Program {
-    pub(super) typed: Typed,
+    pub(super) typed: Typed<Locked<f32>, Locked<f64>>,
+    // Copies of the plan's signature, read without taking the program's lock.
     pub(super) arg_shapes: Vec<Shape>,
     arg_names: Vec<String>,
     output_shape: Shape,
     wrt: Vec<usize>,
     /// `wrt` was given as a tuple: gradients come back as a tuple even if there is one.
     wrt_tuple: bool,
+    tile_rows: Option<usize>,
+    tiles_gradient: bool,
+    num_ops: usize,
 }
 
 // Raw views cross into the GIL-free section; the owning arrays stay alive in the caller.
-struct SendPtr<T>(T);
+pub(super) struct SendPtr<T>(pub T);
 unsafe impl<T> Send for SendPtr<T> {}
+
+/// The checked views of one call.
+struct Views<'py> {
+    /// The arguments, then a vjp's cotangent.
+    inputs: SmallVec<[InView<'py>; 8]>,
+    /// The gradients (or per-sample gradients), one per wrt argument.
+    grads: SmallVec<[OutView<'py>; 4]>,
+    /// The program's output, for `__call__` with an array output or `vjp(value_out=)`.
+    value: Option<OutView<'py>>,
+}
 
 #[pymethods]
 impl Program {
@@ -56,43 +82,44 @@ impl Program {
         arg_names: Vec<String>,
         wrt_tuple: bool,
     ) -> PyResult<Self> {
+        fn compile<T: Float>(
+            g: &crate::Graph,
+            output: usize,
+            wrt: &[usize],
+            names: &[String],
+        ) -> crate::Result<crate::Program<T>> {
+            let plan = Plan::compile(g, output, wrt)?.with_arg_names(names.to_vec())?;
+            crate::Program::from_plan(plan)
+        }
         let g = &graph.inner;
-        if output >= g.nodes().len() {
-            return Err(PyValueError::new_err(format!(
-                "output node {output} does not exist"
-            )));
-        }
-        let typed = match dtype {
-            "float32" => Typed::F32(Mutex::new(
-                crate::Program::compile(g, output, &wrt).map_err(to_py_err)?,
-            )),
-            "float64" => Typed::F64(Mutex::new(
-                crate::Program::compile(g, output, &wrt).map_err(to_py_err)?,
-            )),
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "dtype must be float32 or float64, got {dtype}"
-                )))
-            }
+        let compiled = |dtype| -> crate::Result<Typed<Locked<f32>, Locked<f64>>> {
+            Ok(match dtype {
+                Dtype::F32 => Typed::F32(Mutex::new(compile(g, output, &wrt, &arg_names)?)),
+                Dtype::F64 => Typed::F64(Mutex::new(compile(g, output, &wrt, &arg_names)?)),
+            })
         };
-        let arg_shapes = match &typed {
-            Typed::F32(p) => p.lock().unwrap().arg_shapes().to_vec(),
-            Typed::F64(p) => p.lock().unwrap().arg_shapes().to_vec(),
-        };
-        if arg_names.len() != arg_shapes.len() {
-            return Err(PyValueError::new_err("one name per argument is needed"));
-        }
+        let typed = Dtype::from_name(dtype)
+            .and_then(compiled)
+            .map_err(to_py_err)?;
+        let (arg_shapes, output_shape, tile_rows, tiles_gradient, num_ops) = typed!(&typed, p => {
+            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            (p.arg_shapes().to_vec(), p.output_shape(), p.tile_rows(), p.tiles_gradient(), p.len())
+        });
         Ok(Program {
             typed,
             arg_shapes,
             arg_names,
-            output_shape: g.shape(output),
+            output_shape,
             wrt,
             wrt_tuple,
+            tile_rows,
+            tiles_gradient,
+            num_ops,
         })
     }
 
-    /// The program's value: a float for a scalar output, else an array (written into `out`).
+    /// `f(*args, out=None)`: the program's value, a float for a scalar output, else an array
+    /// (written into `out` when given, which is then returned).
     #[pyo3(signature = (*args, out=None))]
     fn __call__<'py>(
         &self,
@@ -163,35 +190,22 @@ impl Program {
     }
     #[getter]
     fn dtype(&self) -> &'static str {
-        match self.typed {
-            Typed::F32(_) => "float32",
-            Typed::F64(_) => "float64",
-        }
+        self.typed.dtype().name()
     }
     /// Number of scheduled operations (the nodes the output depends on).
     #[getter]
     fn num_ops(&self) -> usize {
-        match &self.typed {
-            Typed::F32(p) => p.lock().unwrap().len(),
-            Typed::F64(p) => p.lock().unwrap().len(),
-        }
+        self.num_ops
     }
-
     /// Rows per tile when a large batch is replayed tile by tile, else None (see the README).
     #[getter]
     fn tile_rows(&self) -> Option<usize> {
-        match &self.typed {
-            Typed::F32(p) => p.lock().unwrap().tile_rows(),
-            Typed::F64(p) => p.lock().unwrap().tile_rows(),
-        }
+        self.tile_rows
     }
     /// Whether the gradient is tiled too (the loss is a sum/mean over the batch).
     #[getter]
     fn tiles_gradient(&self) -> bool {
-        match &self.typed {
-            Typed::F32(p) => p.lock().unwrap().tiles_gradient(),
-            Typed::F64(p) => p.lock().unwrap().tiles_gradient(),
-        }
+        self.tiles_gradient
     }
 
     fn __repr__(&self) -> String {
@@ -219,26 +233,17 @@ impl Program {
         value_out: Option<&Bound<'py, PyAny>>,
         mode: Mode,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match &self.typed {
-            Typed::F32(p) => self.call(p, args, out, value_out, mode),
-            Typed::F64(p) => self.call(p, args, out, value_out, mode),
-        }
+        typed!(&self.typed, p => self.call(p, args, out, value_out, mode))
     }
 
+    /// Argument `k` in messages: "argument 1 (X)", or the cotangent.
     pub(super) fn arg_name(&self, k: usize) -> String {
-        if k < self.arg_names.len() {
-            format!("argument {k} ({})", self.arg_names[k])
-        } else {
-            format!(
-                "the cotangent (for the output of shape {})",
-                self.output_shape
-            )
-        }
+        arg_label(k, &self.arg_names, self.arg_shapes.len(), self.output_shape)
     }
 
     fn call<'py, T: Float + Element>(
         &self,
-        program: &Mutex<crate::Program<T>>,
+        program: &Locked<T>,
         args: &Bound<'py, PyTuple>,
         out: Option<&Bound<'py, PyAny>>,
         value_out: Option<&Bound<'py, PyAny>>,
@@ -246,155 +251,22 @@ impl Program {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = args.py();
         let n_args = self.arg_shapes.len();
-        let given = args.len();
-        let expected_given = n_args + usize::from(mode == Mode::Vjp);
-        if given != expected_given {
-            return Err(PyTypeError::new_err(format!(
-                "{}() takes {n_args} arguments{}, got {given}",
-                match mode {
-                    Mode::Value => "__call__",
-                    Mode::Grad => "grad",
-                    Mode::ValueAndGrad => "value_and_grad",
-                    Mode::Vjp => "vjp",
-                    Mode::PerSampleGrad => "per_sample_grad",
-                },
-                if mode == Mode::Vjp {
-                    " and a cotangent"
-                } else {
-                    ""
-                }
-            )));
-        }
-        let scalar_out = self.output_shape.rank() == 0;
-        // (Per-sample gradients also take one loss per sample; the core checks their output.)
-        if matches!(mode, Mode::Grad | Mode::ValueAndGrad) && !scalar_out {
-            return Err(PyTypeError::new_err(format!(
-                "gradients need a scalar output, but this program's output has shape {}; use vjp with an output cotangent",
-                self.output_shape
-            )));
-        }
-
-        // Inputs (and the cotangent), viewed in place where possible.
-        let mut batch = BatchSize::default();
-        let name = |k: usize| self.arg_name(k);
-        let mut inputs: SmallVec<[InView<'py>; 8]> = SmallVec::new();
-        for k in 0..n_args {
-            inputs.push(input_view::<T>(
-                &args.get_item(k)?,
-                &name,
-                k,
-                self.arg_shapes[k],
-                &mut batch,
-            )?);
-        }
-        let n = batch.get();
-        if mode == Mode::Vjp {
-            inputs.push(input_view::<T>(
-                &args.get_item(n_args)?,
-                &name,
-                n_args,
-                self.output_shape,
-                &mut batch,
-            )?);
-        }
-
-        // Outputs: the caller's `out=` arrays, checked, or new arrays.
-        let out_dims =
-            |s: Shape| -> SmallVec<[usize; 2]> { s.resolve(n).dims().iter().copied().collect() };
-        let mut outs: SmallVec<[OutView<'py>; 4]> = SmallVec::new();
-        let wants_grads = mode != Mode::Value;
-        if mode == Mode::PerSampleGrad {
-            if self.wrt.len() != 1 || self.wrt_tuple {
-                return Err(PyValueError::new_err(
-                    "per_sample_grad needs a program compiled with one wrt argument (wrt=k)",
-                ));
-            }
-            let dims = [n, self.arg_shapes[self.wrt[0]].len(0)];
-            outs.push(match out {
-                Some(o) => out_view::<T>(o, "out", &dims)?,
-                None => new_out::<T>(py, &dims),
-            });
-        } else if wants_grads {
-            let k = self.wrt.len();
-            match out {
-                None => self
-                    .wrt
-                    .iter()
-                    .for_each(|&w| outs.push(new_out::<T>(py, &out_dims(self.arg_shapes[w])))),
-                Some(o) if !self.wrt_tuple => outs.push(out_view::<T>(
-                    o,
-                    "out",
-                    &out_dims(self.arg_shapes[self.wrt[0]]),
-                )?),
-                Some(o) => {
-                    let t = o.cast::<PyTuple>().map_err(|_| {
-                        PyTypeError::new_err(format!(
-                            "out must be a tuple of {k} arrays, one per wrt argument"
-                        ))
-                    })?;
-                    if t.len() != k {
-                        return Err(PyValueError::new_err(format!(
-                            "out has {} arrays; expected {k}, one per wrt argument",
-                            t.len()
-                        )));
-                    }
-                    for (j, &w) in self.wrt.iter().enumerate() {
-                        let name = if j < 8 {
-                            [
-                                "out[0]", "out[1]", "out[2]", "out[3]", "out[4]", "out[5]",
-                                "out[6]", "out[7]",
-                            ][j]
-                        } else {
-                            "out[...]"
-                        };
-                        outs.push(out_view::<T>(
-                            &t.get_item(j)?,
-                            name,
-                            &out_dims(self.arg_shapes[w]),
-                        )?);
-                    }
-                }
-            }
-        }
-        // The program's output, for `__call__` with a non-scalar output or `vjp(value_out=)`.
-        let value_target = match (mode, out, value_out) {
-            (Mode::Value, Some(o), _) => {
-                Some(out_view::<T>(o, "out", &out_dims(self.output_shape))?)
-            }
-            (Mode::Value, None, _) if !scalar_out => {
-                Some(new_out::<T>(py, &out_dims(self.output_shape)))
-            }
-            (Mode::Vjp, _, Some(v)) => {
-                Some(out_view::<T>(v, "value_out", &out_dims(self.output_shape))?)
-            }
-            _ => None,
-        };
-        {
-            let mut all: SmallVec<[&OutView; 5]> = outs.iter().collect();
-            all.extend(value_target.iter());
-            let out_name = |i: usize| {
-                if i < outs.len() {
-                    if self.wrt_tuple {
-                        format!("out[{i}]")
-                    } else {
-                        "out".into()
-                    }
-                } else if mode == Mode::Vjp {
-                    "value_out".into()
-                } else {
-                    "out".into()
-                }
-            };
-            check_no_aliasing(&inputs, &|k| self.arg_name(k), &all, &out_name)?;
-        }
+        let cotangent = (mode == Mode::Vjp).then_some("a cotangent");
+        check_arity(mode.method(), n_args, args.len(), cotangent).map_err(to_py_err)?;
+        let views = self.views::<T>(args, out, value_out, mode)?;
 
         // SAFETY: views were checked for dtype `T`, length and (for outputs) no overlap.
-        let in_slices: SmallVec<[&[T]; 8]> =
-            inputs.iter().map(|v| unsafe { v.slice::<T>() }).collect();
-        let mut grads: SmallVec<[&mut [T]; 4]> =
-            outs.iter().map(|v| unsafe { v.slice::<T>() }).collect();
-        let value_slice: Option<&mut [T]> =
-            value_target.as_ref().map(|v| unsafe { v.slice::<T>() });
+        let in_slices: SmallVec<[&[T]; 8]> = views
+            .inputs
+            .iter()
+            .map(|v| unsafe { v.slice::<T>() })
+            .collect();
+        let mut grads: SmallVec<[&mut [T]; 4]> = views
+            .grads
+            .iter()
+            .map(|v| unsafe { v.slice::<T>() })
+            .collect();
+        let value_slice: Option<&mut [T]> = views.value.as_ref().map(|v| unsafe { v.slice::<T>() });
         let work = SendPtr((&in_slices, &mut grads, value_slice));
         let result: crate::Result<T> = py.detach(move || {
             let SendPtr((in_slices, grads, value_slice)) = work;
@@ -415,29 +287,166 @@ impl Program {
                 Mode::PerSampleGrad => p.per_sample_grad(args, grads[0]),
             }
         });
+        drop((in_slices, grads));
         let value = result.map_err(to_py_err)?;
+        self.result(py, mode, value, views, out)
+    }
 
-        let grads_obj = || -> PyResult<Bound<'py, PyAny>> {
-            match out {
-                Some(o) => Ok(o.clone()),
-                None if !self.wrt_tuple => Ok(outs[0].array.clone()),
-                None => Ok(PyTuple::new(py, outs.iter().map(|o| o.array.clone()))?.into_any()),
+    /// Checks the call's arrays: the arguments (and a vjp's cotangent) viewed in place where
+    /// possible, and the outputs, the caller's `out=` arrays or new ones.
+    fn views<'py, T: Float + Element>(
+        &self,
+        args: &Bound<'py, PyTuple>,
+        out: Option<&Bound<'py, PyAny>>,
+        value_out: Option<&Bound<'py, PyAny>>,
+        mode: Mode,
+    ) -> PyResult<Views<'py>> {
+        let py = args.py();
+        let n_args = self.arg_shapes.len();
+        if matches!(mode, Mode::Grad | Mode::ValueAndGrad) {
+            // (Per-sample gradients also take one loss per sample; the core checks their output.)
+            check_scalar(self.output_shape).map_err(to_py_err)?;
+        }
+        let mut batch = BatchSize::default();
+        let name = |k: usize| self.arg_name(k);
+        let mut inputs = SmallVec::new();
+        for (k, &shape) in self.arg_shapes.iter().enumerate() {
+            inputs.push(input_view::<T>(
+                &args.get_item(k)?,
+                &name,
+                k,
+                shape,
+                &mut batch,
+            )?);
+        }
+        if mode == Mode::Vjp {
+            let c = args.get_item(n_args)?;
+            let view = input_view::<T>(&c, &name, n_args, self.output_shape, &mut batch)?;
+            inputs.push(view);
+        }
+        let n = batch.get();
+        let dims =
+            |s: Shape| -> SmallVec<[usize; 2]> { s.resolve(n).dims().iter().copied().collect() };
+        let grads = match mode {
+            Mode::Value => SmallVec::new(),
+            Mode::PerSampleGrad => {
+                if self.wrt.len() != 1 || self.wrt_tuple {
+                    return Err(to_py_err(crate::Error::Unsupported(
+                        "per_sample_grad needs a program compiled with one wrt argument (wrt=k)"
+                            .into(),
+                    )));
+                }
+                let shape = [n, self.arg_shapes[self.wrt[0]].len(0)];
+                let mut v = SmallVec::new();
+                v.push(match out {
+                    Some(o) => out_view::<T>(o, OutName::Plain("out"), &shape)?,
+                    None => new_out::<T>(py, &shape),
+                });
+                v
             }
+            _ => self.grad_views::<T>(py, out, &dims)?,
         };
-        match mode {
-            Mode::Value => match value_target {
-                Some(v) => Ok(v.array),
-                None => Ok(PyFloat::new(py, value.to_f64()).into_any()),
-            },
-            Mode::Grad | Mode::Vjp | Mode::PerSampleGrad => grads_obj(),
-            Mode::ValueAndGrad => {
-                let v = PyFloat::new(py, value.to_f64()).into_any();
-                if out.is_some() {
-                    Ok(v)
-                } else {
-                    Ok(PyTuple::new(py, [v, grads_obj()?])?.into_any())
+        let output = dims(self.output_shape);
+        let value = match (mode, out, value_out) {
+            (Mode::Value, Some(o), _) => Some(out_view::<T>(o, OutName::Plain("out"), &output)?),
+            (Mode::Value, None, _) if self.output_shape.rank() != 0 => {
+                Some(new_out::<T>(py, &output))
+            }
+            (Mode::Vjp, _, Some(v)) => {
+                Some(out_view::<T>(v, OutName::Plain("value_out"), &output)?)
+            }
+            _ => None,
+        };
+        {
+            let mut all: SmallVec<[&OutView; 5]> = grads.iter().collect();
+            all.extend(value.iter());
+            let grad_count = grads.len();
+            let out_name = |i: usize| match i {
+                i if i < grad_count && self.wrt_tuple => OutName::Indexed("out", i),
+                i if i >= grad_count && mode == Mode::Vjp => OutName::Plain("value_out"),
+                _ => OutName::Plain("out"),
+            };
+            check_no_aliasing(&inputs, &name, &all, &out_name)?;
+        }
+        Ok(Views {
+            inputs,
+            grads,
+            value,
+        })
+    }
+
+    /// The gradient outputs: one per wrt argument, the caller's (`out`, or a tuple of them for a
+    /// tuple `wrt`) or new arrays.
+    fn grad_views<'py, T: Float + Element>(
+        &self,
+        py: Python<'py>,
+        out: Option<&Bound<'py, PyAny>>,
+        dims: &dyn Fn(Shape) -> SmallVec<[usize; 2]>,
+    ) -> PyResult<SmallVec<[OutView<'py>; 4]>> {
+        let shape_of = |w: usize| dims(self.arg_shapes[w]);
+        let mut views = SmallVec::new();
+        match out {
+            None => {
+                for &w in &self.wrt {
+                    views.push(new_out::<T>(py, &shape_of(w)));
                 }
             }
+            Some(o) if !self.wrt_tuple => views.push(out_view::<T>(
+                o,
+                OutName::Plain("out"),
+                &shape_of(self.wrt[0]),
+            )?),
+            Some(o) => {
+                let k = self.wrt.len();
+                let t = o.cast::<PyTuple>().map_err(|_| {
+                    to_py_err(crate::Error::Dtype(format!(
+                        "out must be a tuple of {k} arrays, one per wrt argument"
+                    )))
+                })?;
+                if t.len() != k {
+                    return Err(to_py_err(crate::Error::Shape(format!(
+                        "out has {} arrays; expected {k}, one per wrt argument",
+                        t.len()
+                    ))));
+                }
+                for (j, &w) in self.wrt.iter().enumerate() {
+                    let name = OutName::Indexed("out", j);
+                    views.push(out_view::<T>(&t.get_item(j)?, name, &shape_of(w))?);
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// What a call returns, after the core wrote into the views.
+    fn result<'py>(
+        &self,
+        py: Python<'py>,
+        mode: Mode,
+        value: impl Float,
+        views: Views<'py>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let grads = || -> PyResult<Bound<'py, PyAny>> {
+            match out {
+                Some(o) => Ok(o.clone()),
+                None if !self.wrt_tuple || mode == Mode::PerSampleGrad => {
+                    Ok(views.grads[0].array.clone())
+                }
+                None => {
+                    Ok(PyTuple::new(py, views.grads.iter().map(|o| o.array.clone()))?.into_any())
+                }
+            }
+        };
+        let number = || PyFloat::new(py, value.to_f64()).into_any();
+        match mode {
+            Mode::Value => Ok(views
+                .value
+                .as_ref()
+                .map_or_else(number, |v| v.array.clone())),
+            Mode::Grad | Mode::Vjp | Mode::PerSampleGrad => grads(),
+            Mode::ValueAndGrad if out.is_some() => Ok(number()),
+            Mode::ValueAndGrad => Ok(PyTuple::new(py, [number(), grads()?])?.into_any()),
         }
     }
 }

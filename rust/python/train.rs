@@ -1,83 +1,95 @@
 //! `Optimizer` (the state behind `fa.SGD`, `fa.Adam`, `fa.AdamW`) and `fit_epochs`, the training
 //! loop: argument checks around `crate::optim` and `crate::train`; the loop runs without the GIL.
-use super::arrays::{check_no_aliasing, input_view, new_out, out_view, BatchSize};
-use super::program::{Program, Typed};
-use super::to_py_err;
+use super::arrays::{check_no_aliasing, input_view, new_out, out_view, OutName};
+use super::dtype::{by_dtype, typed, Dtype, Typed};
+use super::errors::to_py_err;
+use super::program::{Locked, Program, SendPtr};
+use crate::error::Error;
 use crate::float::Float;
 use crate::optim::Rule;
-use crate::shape::Shape;
+use crate::shape::{fmt_dims, BatchSize, Shape};
 use crate::train::{Dataset, Schedule, Trainer};
-use numpy::{Element, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use numpy::{Element, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use std::sync::Mutex;
+
+type Optimizers = Typed<crate::Optimizer<f32>, crate::Optimizer<f64>>;
 
 /// The optimiser's state: none before the first step (it takes the dtype and length of the
 /// parameters it first updates), then flat buffers of that dtype.
 enum State {
     Fresh { lr: f64, steps: u64 },
-    F32(crate::Optimizer<f32>),
-    F64(crate::Optimizer<f64>),
+    Ready(Optimizers),
 }
 
 impl State {
     fn lr(&self) -> f64 {
         match self {
             State::Fresh { lr, .. } => *lr,
-            State::F32(o) => o.lr,
-            State::F64(o) => o.lr,
+            State::Ready(o) => typed!(o, o => o.lr),
         }
     }
     fn steps(&self) -> u64 {
         match self {
             State::Fresh { steps, .. } => *steps,
-            State::F32(o) => o.steps,
-            State::F64(o) => o.steps,
+            State::Ready(o) => typed!(o, o => o.steps),
+        }
+    }
+
+    /// The optimiser for `len` parameters of `T`, created on first use.
+    fn typed<T: Elem>(
+        &mut self,
+        rule: Rule,
+        len: usize,
+    ) -> crate::Result<&mut crate::Optimizer<T>> {
+        if let State::Fresh { lr, steps } = *self {
+            let mut o = crate::Optimizer::<T>::new(rule, lr, len)?;
+            o.steps = steps;
+            *self = State::Ready(T::hold(o));
+        }
+        let State::Ready(held) = self else {
+            unreachable!("created above")
+        };
+        let (held_len, held_dtype) = (typed!(&*held, o => o.len()), held.dtype());
+        match T::slot(held) {
+            Some(o) if o.len() == len => Ok(o),
+            _ => Err(Error::Shape(format!(
+                "this optimizer holds state for {held_len} {} parameters, not {len} {}: use one \
+                 optimizer per model",
+                held_dtype.name(),
+                T::NAME
+            ))),
         }
     }
 }
 
-/// Gives the typed optimiser for `T` and `len` parameters, creating it on first use.
-trait Typed_: Float + Element {
-    fn typed(state: &mut State, rule: Rule, len: usize) -> PyResult<&mut crate::Optimizer<Self>>;
+/// An element type's slot in `Optimizers`.
+pub(super) trait Elem: Float + Element {
+    fn slot(o: &mut Optimizers) -> Option<&mut crate::Optimizer<Self>>;
+    fn hold(o: crate::Optimizer<Self>) -> Optimizers;
 }
-
-macro_rules! typed_state {
-    ($t:ty, $variant:ident) => {
-        impl Typed_ for $t {
-            fn typed(
-                state: &mut State,
-                rule: Rule,
-                len: usize,
-            ) -> PyResult<&mut crate::Optimizer<$t>> {
-                if let State::Fresh { lr, steps } = *state {
-                    let mut o = crate::Optimizer::new(rule, lr, len).map_err(to_py_err)?;
-                    o.steps = steps;
-                    *state = State::$variant(o);
-                }
-                let held = match &*state {
-                    State::$variant(o) if o.len() == len => None,
-                    State::F32(o) => Some(format!("{} float32", o.len())),
-                    State::F64(o) => Some(format!("{} float64", o.len())),
-                    State::Fresh { .. } => unreachable!("created above"),
-                };
-                let Some(held) = held else {
-                    let State::$variant(o) = state else {
-                        unreachable!("matched above")
-                    };
-                    return Ok(o);
-                };
-                Err(PyValueError::new_err(format!(
-                    "this optimizer holds state for {held} parameters, not {len} {}: use one \
-                     optimizer per model",
-                    <$t>::NAME
-                )))
-            }
+impl Elem for f32 {
+    fn slot(o: &mut Optimizers) -> Option<&mut crate::Optimizer<f32>> {
+        match o {
+            Typed::F32(o) => Some(o),
+            Typed::F64(_) => None,
         }
-    };
+    }
+    fn hold(o: crate::Optimizer<f32>) -> Optimizers {
+        Typed::F32(o)
+    }
 }
-typed_state!(f32, F32);
-typed_state!(f64, F64);
+impl Elem for f64 {
+    fn slot(o: &mut Optimizers) -> Option<&mut crate::Optimizer<f64>> {
+        match o {
+            Typed::F64(o) => Some(o),
+            Typed::F32(_) => None,
+        }
+    }
+    fn hold(o: crate::Optimizer<f64>) -> Optimizers {
+        Typed::F64(o)
+    }
+}
 
 /// A first-order optimiser whose state lives in flat buffers the size of the parameters.
 #[pyclass(module = "fastad._fastad", frozen)]
@@ -98,6 +110,7 @@ impl Optimizer {
     #[new]
     #[pyo3(signature = (rule, lr, momentum=0.0, nesterov=false, weight_decay=0.0, beta1=0.9,
                         beta2=0.999, eps=1e-8))]
+    // As many arguments as the Python signature has keywords (fa.SGD/Adam/AdamW pass theirs).
     #[allow(clippy::too_many_arguments)]
     fn new(
         rule: &str,
@@ -125,9 +138,9 @@ impl Optimizer {
             "adam" => adam(false),
             "adamw" => adam(true),
             _ => {
-                return Err(PyValueError::new_err(format!(
+                return Err(to_py_err(Error::Invalid(format!(
                     "unknown optimizer rule {rule:?}; use \"sgd\", \"adam\" or \"adamw\""
-                )))
+                ))))
             }
         };
         rule.validate().map_err(to_py_err)?;
@@ -149,8 +162,7 @@ impl Optimizer {
         crate::optim::check_lr(lr).map_err(to_py_err)?;
         match &mut *self.lock() {
             State::Fresh { lr: l, .. } => *l = lr,
-            State::F32(o) => o.lr = lr,
-            State::F64(o) => o.lr = lr,
+            State::Ready(o) => typed!(o, o => o.lr = lr),
         }
         Ok(())
     }
@@ -169,12 +181,8 @@ impl Optimizer {
 
     /// One in-place update of `params` (a writable float32 or float64 vector) from `grad`.
     fn step(&self, params: &Bound<'_, PyAny>, grad: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (len, single) = vector_len_and_dtype(params, "params")?;
-        if single {
-            self.step_typed::<f32>(params, grad, len)
-        } else {
-            self.step_typed::<f64>(params, grad, len)
-        }
+        let (len, dtype) = vector_len_and_dtype(params, "params")?;
+        by_dtype!(dtype, T => self.step_typed::<T>(params, grad, len))
     }
 
     /// A copy of the state buffers, (buffers_per_param · P,), or None before the first step
@@ -187,9 +195,8 @@ impl Optimizer {
             out.array
         }
         match &*self.lock() {
-            State::F32(o) if !o.state.is_empty() => Some(copy(py, &o.state)),
-            State::F64(o) if !o.state.is_empty() => Some(copy(py, &o.state)),
-            _ => None,
+            State::Ready(o) => typed!(o, o => (!o.state.is_empty()).then(|| copy(py, &o.state))),
+            State::Fresh { .. } => None,
         }
     }
 
@@ -201,20 +208,20 @@ impl Optimizer {
         let lr = state.lr();
         let Some(b) = buffers.filter(|_| per > 0) else {
             if buffers.is_some() {
-                return Err(PyValueError::new_err(
-                    "this optimizer keeps no state buffers; pass buffers=None",
-                ));
+                return Err(to_py_err(Error::Invalid(
+                    "this optimizer keeps no state buffers; pass buffers=None".into(),
+                )));
             }
             *state = State::Fresh { lr, steps };
             return Ok(());
         };
-        let (total, single) = vector_len_and_dtype(b, "buffers")?;
+        let (total, dtype) = vector_len_and_dtype(b, "buffers")?;
         if total % per != 0 {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Shape(format!(
                 "buffers has {total} elements; expected {per} buffers of the parameters' length"
-            )));
+            ))));
         }
-        fn restore<T: Typed_>(
+        fn restore<T: Elem>(
             b: &Bound<'_, PyAny>,
             rule: Rule,
             lr: f64,
@@ -223,7 +230,7 @@ impl Optimizer {
             total: usize,
         ) -> PyResult<State> {
             let mut fresh = State::Fresh { lr, steps };
-            let o = T::typed(&mut fresh, rule, total / per)?;
+            let o = fresh.typed::<T>(rule, total / per).map_err(to_py_err)?;
             let v = input_view::<T>(
                 b,
                 &|_| "buffers".into(),
@@ -235,23 +242,19 @@ impl Optimizer {
             o.state.copy_from_slice(unsafe { v.slice::<T>() });
             Ok(fresh)
         }
-        *state = if single {
-            restore::<f32>(b, self.rule, lr, steps, per, total)?
-        } else {
-            restore::<f64>(b, self.rule, lr, steps, per, total)?
-        };
+        *state = by_dtype!(dtype, T => restore::<T>(b, self.rule, lr, steps, per, total)?);
         Ok(())
     }
 }
 
 impl Optimizer {
-    fn step_typed<T: Typed_>(
+    fn step_typed<T: Elem>(
         &self,
         params: &Bound<'_, PyAny>,
         grad: &Bound<'_, PyAny>,
         len: usize,
     ) -> PyResult<()> {
-        let pv = out_view::<T>(params, "params", &[len])?;
+        let pv = out_view::<T>(params, OutName::Plain("params"), &[len])?;
         let gv = input_view::<T>(
             grad,
             &|_| "grad".into(),
@@ -263,35 +266,35 @@ impl Optimizer {
             std::slice::from_ref(&gv),
             &|_| "grad".into(),
             &[&pv],
-            &|_| "params".into(),
+            &|_| OutName::Plain("params"),
         )?;
         let mut state = self.lock();
-        let o = T::typed(&mut state, self.rule, len)?;
+        let o = state.typed::<T>(self.rule, len).map_err(to_py_err)?;
         // SAFETY: both views checked for T and `len` elements, not overlapping.
         let (p, g) = unsafe { (pv.slice::<T>(), gv.slice::<T>()) };
         o.step(p, g).map_err(to_py_err)
     }
 }
 
-/// The length of a 1-D float array and whether it is float32 (else float64).
-fn vector_len_and_dtype(a: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, bool)> {
+/// The length of a 1-D float array and its dtype.
+fn vector_len_and_dtype(a: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, Dtype)> {
     let arr = a.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err(format!("{what} must be a NumPy float32 or float64 array"))
+        to_py_err(Error::Dtype(format!(
+            "{what} must be a NumPy float32 or float64 array"
+        )))
     })?;
-    let py = a.py();
-    let single = arr.dtype().is_equiv_to(&numpy::dtype::<f32>(py));
-    if !single && !arr.dtype().is_equiv_to(&numpy::dtype::<f64>(py)) {
-        return Err(PyTypeError::new_err(format!(
+    let Some(dtype) = Dtype::of_array(arr) else {
+        return Err(to_py_err(Error::Dtype(format!(
             "{what} must be float32 or float64, got {}",
             arr.dtype().str()?
-        )));
-    }
+        ))));
+    };
     match arr.shape() {
-        &[n] => Ok((n, single)),
-        s => Err(PyValueError::new_err(format!(
+        &[n] => Ok((n, dtype)),
+        s => Err(to_py_err(Error::Shape(format!(
             "{what} must be a vector (P,), got shape {}",
-            super::arrays::fmt_dims(s)
-        ))),
+            fmt_dims(s)
+        )))),
     }
 }
 
@@ -301,6 +304,7 @@ fn vector_len_and_dtype(a: &Bound<'_, PyAny>, what: &str) -> PyResult<(usize, bo
 #[pyfunction]
 #[pyo3(signature = (program, params, X, Y, optimizer, epochs, batch_size, shuffle, seed,
                     first_epoch, losses))]
+// One argument per setting of `Chain.fit` that reaches the core, as the Python layer passes them.
 #[allow(non_snake_case, clippy::too_many_arguments)]
 pub fn fit_epochs(
     program: &Program,
@@ -331,10 +335,7 @@ pub fn fit_epochs(
         first_epoch,
         losses,
     };
-    match &program.typed {
-        Typed::F32(p) => run.typed::<f32>(p),
-        Typed::F64(p) => run.typed::<f64>(p),
-    }
+    typed!(&program.typed, p => run.typed(p))
 }
 
 struct Run<'a, 'py> {
@@ -349,24 +350,20 @@ struct Run<'a, 'py> {
     losses: &'a Bound<'py, PyAny>,
 }
 
-// Raw views cross into the GIL-free section; the owning arrays stay alive in the caller.
-struct SendPtr<T>(T);
-unsafe impl<T> Send for SendPtr<T> {}
-
 impl Run<'_, '_> {
-    fn typed<T: Typed_>(&self, program: &Mutex<crate::Program<T>>) -> PyResult<()> {
+    fn typed<T: Elem>(&self, program: &Locked<T>) -> PyResult<()> {
         let shapes = &self.program.arg_shapes;
         let expected_args = 2 + usize::from(self.y.is_some());
         if shapes.len() != expected_args {
-            return Err(PyValueError::new_err(format!(
+            return Err(to_py_err(Error::Arity(format!(
                 "the loss program takes {} arguments; training passes {expected_args} (params, X{})",
                 shapes.len(),
                 if self.y.is_some() { ", Y" } else { "" }
-            )));
+            ))));
         }
         let p_len = shapes[0].len(0);
         let name = |k: usize| self.program.arg_name(k);
-        let pv = out_view::<T>(self.params, "params", &[p_len])?;
+        let pv = out_view::<T>(self.params, OutName::Plain("params"), &[p_len])?;
         let mut batch = BatchSize::default();
         let xv = input_view::<T>(self.x, &name, 1, shapes[1], &mut batch)?;
         let mut inputs = vec![xv];
@@ -374,12 +371,14 @@ impl Run<'_, '_> {
             inputs.push(input_view::<T>(y, &name, 2, shapes[2], &mut batch)?);
         }
         let rows = batch.get();
-        let lv = out_view::<f64>(self.losses, "losses", &[self.epochs])?;
+        let lv = out_view::<f64>(self.losses, OutName::Plain("losses"), &[self.epochs])?;
         check_no_aliasing(&inputs, &|k| name(k + 1), &[&pv, &lv], &|i| {
-            ["params", "losses"][i].into()
+            OutName::Plain(["params", "losses"][i])
         })?;
         let mut state = self.optimizer.lock();
-        let opt = T::typed(&mut state, self.optimizer.rule, p_len)?;
+        let opt = state
+            .typed::<T>(self.optimizer.rule, p_len)
+            .map_err(to_py_err)?;
         // SAFETY: views checked for their types and lengths; outputs overlap nothing.
         let (params, losses) = unsafe { (pv.slice::<T>(), lv.slice::<f64>()) };
         let x = unsafe { inputs[0].slice::<T>() };

@@ -1,42 +1,32 @@
-//! The one place that decides how work is split across threads.
-//!
-//! A small fork–join pool of persistent workers. Why not rayon: entering a rayon pool from a
-//! thread outside it (every Python call) pushes a job onto its injector queue, which allocates a
-//! new queue block every few dozen calls, and a replay must allocate nothing. Here a job is a
-//! borrowed closure handed to sleeping workers through a mutex, so dispatch allocates nothing.
-//!
-//! The thread count is all cores by default, `FASTAD_NUM_THREADS` at start-up, or
-//! `set_num_threads` at any time. A job runs its tasks with `task_count` fixed by the caller,
-//! so results never depend on which thread ran what.
+//! fastad's own thread pool, the default executor: a small fork–join pool of persistent
+//! workers. Why not rayon by default: entering a rayon pool from a thread outside it (every
+//! Python call) pushes a job onto its injector queue, which allocates a new queue block every few
+//! dozen calls, and a replay must allocate nothing. Here a job is a borrowed closure handed to
+//! the workers through a mutex, so dispatch allocates nothing.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 
-static THREADS: AtomicUsize = AtomicUsize::new(0);
+use crate::parallel::executor::Executor;
 
-/// The number of threads parallel kernels use.
-pub fn num_threads() -> usize {
-    match THREADS.load(Ordering::Relaxed) {
-        0 => {
-            let n = default_threads();
-            THREADS.store(n, Ordering::Relaxed);
-            n
-        }
-        n => n,
+/// fastad's own pool (there is one per process; this is its handle).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pool;
+
+impl Executor for Pool {
+    fn run(&self, threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
+        run(threads, count, task)
     }
-}
-
-fn default_threads() -> usize {
-    std::env::var("FASTAD_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// Sets the number of threads (at least 1). Workers are started lazily when first needed.
-pub fn set_num_threads(n: usize) {
-    THREADS.store(n.max(1), Ordering::Relaxed);
+    fn default_threads(&self) -> usize {
+        static DEFAULT: OnceLock<usize> = OnceLock::new();
+        *DEFAULT.get_or_init(|| {
+            std::env::var("FASTAD_NUM_THREADS")
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        })
+    }
 }
 
 type Task<'a> = &'a (dyn Fn(usize) + Sync);
@@ -51,7 +41,7 @@ struct Job {
     panicked: bool,
 }
 
-struct Pool {
+struct State {
     job: Mutex<Job>,
     work_ready: Condvar,
     work_done: Condvar,
@@ -70,9 +60,9 @@ struct Pool {
 /// at the cost of a core busy for this long after the last one.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool {
+fn pool() -> &'static State {
+    static POOL: OnceLock<State> = OnceLock::new();
+    POOL.get_or_init(|| State {
         job: Mutex::new(Job {
             task: None,
             count: 0,
@@ -90,11 +80,11 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// Runs `task(i)` for every `i` in `0..count`, on up to `num_threads()` threads including the
+/// Runs `task(i)` for every `i` in `0..count`, on up to `threads` threads including the
 /// caller, and returns when all are done. Runs inline when the pool is already in use (a nested
 /// call, or another program running concurrently), so it never waits on itself.
-pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
-    let threads = num_threads().min(count);
+fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
+    let threads = threads.min(count);
     let p = pool();
     if threads <= 1 || p.busy.swap(true, Ordering::Acquire) {
         (0..count).for_each(task);
@@ -127,7 +117,7 @@ pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
     assert!(!panicked, "a fastad worker thread panicked");
 }
 
-impl Pool {
+impl State {
     fn ensure_workers(&'static self, wanted: usize) {
         while self.workers.load(Ordering::Acquire) < wanted {
             self.workers.fetch_add(1, Ordering::AcqRel);
@@ -181,65 +171,6 @@ impl Pool {
             job.remaining -= 1;
             if job.remaining == 0 {
                 self.work_done.notify_all();
-            }
-        }
-    }
-}
-
-/// Splits `0..len` into `parts` contiguous ranges of nearly equal size; returns range `i`.
-pub fn split(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
-    let base = len / parts;
-    let extra = len % parts;
-    let start = i * base + i.min(extra);
-    start..start + base + usize::from(i < extra)
-}
-
-/// Runs `f` over chunks of `0..len`, in parallel when `len` is at least `min_parallel`. There
-/// are a few chunks per thread, so a worker that wakes late finds some left to share.
-pub fn for_chunks(len: usize, min_parallel: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-    const CHUNKS_PER_THREAD: usize = 4;
-    let parts = if len >= min_parallel {
-        let threads = num_threads();
-        let most = if threads > 1 {
-            CHUNKS_PER_THREAD * threads
-        } else {
-            1
-        };
-        most.min(len / (min_parallel / 2).max(1)).max(1)
-    } else {
-        1
-    };
-    if parts == 1 {
-        f(0..len);
-    } else {
-        run(parts, &|i| f(split(len, parts, i)));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicU64;
-
-    #[test]
-    fn every_task_runs_once() {
-        set_num_threads(2);
-        for count in [0, 1, 2, 3, 17] {
-            let hits: Vec<AtomicU64> = (0..count).map(|_| AtomicU64::new(0)).collect();
-            run(count, &|i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-            });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-        }
-    }
-
-    #[test]
-    fn split_covers_the_range() {
-        for len in 0..20 {
-            for parts in 1..5 {
-                let total: usize = (0..parts).map(|i| split(len, parts, i).len()).sum();
-                assert_eq!(total, len);
-                assert_eq!(split(len, parts, parts - 1).end, len);
             }
         }
     }
