@@ -82,7 +82,14 @@ fn shapes<T: Elem>(c: &mut Criterion, shapes: &[(usize, usize, usize)]) {
                     data,
                     transposed: false,
                 };
-                gemm(m, n, k, op(black_box(&a)), op(&b), &mut out, false, &mut ws)
+                gemm(
+                    (m, n, k),
+                    op(black_box(&a)),
+                    op(&b),
+                    &mut out,
+                    false,
+                    &mut ws,
+                )
             })
         });
         group.bench_function(BenchmarkId::new("gemm-crate", &id), |bench| {

@@ -62,7 +62,7 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulat
             data: g,
             transposed,
         };
-        gemm(p, p, n, op(true), op(false), out, accumulate, ws);
+        gemm((p, p, n), op(true), op(false), out, accumulate, ws);
     };
     // The thread-local buffer of T's own type (f32 or f64).
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {

@@ -118,8 +118,15 @@ pub(crate) fn forward_step<T: Float>(
                 false
             };
             match prepacked(f.b_packed, i) {
-                Some(p) => gemm_prepacked(m, n, k, op(val(a), ta), p, out, accumulate, ws),
-                None => gemm(m, n, k, op(val(a), ta), op(val(b), tb), out, accumulate, ws),
+                Some(p) => gemm_prepacked((m, n, k), op(val(a), ta), p, out, accumulate, ws),
+                None => gemm(
+                    (m, n, k),
+                    op(val(a), ta),
+                    op(val(b), tb),
+                    out,
+                    accumulate,
+                    ws,
+                ),
             }
         }
         Op::Transpose(x) => {
@@ -171,7 +178,15 @@ pub(crate) fn backward_step<T: Float>(
             let (ba, bb) = (Broadcast::new(dims(a), od), Broadcast::new(dims(b), od));
             for (side, t) in [(Side::Left, a), (Side::Right, b)] {
                 if needs(t) {
-                    binary_backward(op, side, (val(a), ba), (val(b), bb), val(i), g, adj!(t), od);
+                    binary_backward(
+                        op,
+                        side,
+                        (val(a), ba),
+                        (val(b), bb),
+                        (val(i), g),
+                        adj!(t),
+                        od,
+                    );
                 }
             }
         }
@@ -200,19 +215,19 @@ pub(crate) fn backward_step<T: Float>(
                 // only reader (its adjoint was not zeroed).
                 let acc = !steps[a].first_write;
                 if ta {
-                    gemm(k, m, n, op(val(b), tb), op(g, true), adj!(a), acc, ws);
+                    gemm((k, m, n), op(val(b), tb), op(g, true), adj!(a), acc, ws);
                 } else if let Some(p) = prepacked(f.bt_packed, i) {
-                    gemm_prepacked(m, k, n, op(g, false), p, adj!(a), acc, ws);
+                    gemm_prepacked((m, k, n), op(g, false), p, adj!(a), acc, ws);
                 } else {
-                    gemm(m, k, n, op(g, false), op(val(b), !tb), adj!(a), acc, ws);
+                    gemm((m, k, n), op(g, false), op(val(b), !tb), adj!(a), acc, ws);
                 }
             }
             if needs(b) {
                 // d op(B) = op(A)ᵀ G; stored transposed when `tb`.
                 if tb {
-                    gemm(n, k, m, op(g, true), op(val(a), ta), adj!(b), true, ws);
+                    gemm((n, k, m), op(g, true), op(val(a), ta), adj!(b), true, ws);
                 } else {
-                    gemm(k, n, m, op(val(a), !ta), op(g, false), adj!(b), true, ws);
+                    gemm((k, n, m), op(val(a), !ta), op(g, false), adj!(b), true, ws);
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! After one warm-up call, replays of value, gradient and vjp, training epochs and per-sample
-//! gradients make zero heap allocations on any thread (the counting allocator counts
+//! gradients, through slices and through `ndarray` views, make zero heap allocations on any thread (the counting allocator counts
 //! process-wide), including with two worker threads.
 //! This file holds one test on purpose: another test running beside it would allocate.
 use fastad::alloc_count::{allocation_count, CountingAllocator};
@@ -9,6 +9,7 @@ use fastad::{
     Axis, BinaryOp, Dataset, Graph, Optimizer, Program, ReduceOp, Rule, Schedule, Shape, Trainer,
     UnaryOp,
 };
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -53,6 +54,9 @@ fn seed002_loss_graph() -> (Graph, usize) {
 
 #[test]
 fn replays_allocate_nothing() {
+    // fastad's own pool (the default; with the `rayon` feature it must be chosen), which
+    // dispatches without allocating.
+    fastad::parallel::set_executor(fastad::parallel::ExecutorKind::Pool);
     fastad::parallel::set_num_threads(2);
     let (g, out) = eam_graph(100);
     let mut eam = Program::<f64>::compile(&g, out, &[0]).unwrap();
@@ -126,6 +130,22 @@ fn replays_allocate_nothing() {
             .per_sample_grad(&[&params, &sx, &sy], &mut per_sample)
             .unwrap();
         eam.eval(&[&x], &mut value).unwrap();
+        // The ndarray entry points: views made per call, checked, replayed in place.
+        let xv = ArrayView1::from(&x[..]).into_dyn();
+        let gv = ArrayViewMut1::from(&mut gx[..]).into_dyn();
+        eam.value_and_grad_view(&[xv], &mut [gv]).unwrap();
+        let per_sample_view = ArrayViewMut2::from_shape((rows, 97), &mut per_sample[..]).unwrap();
+        let (sxv, syv) = (
+            ArrayView2::from_shape((rows, 1), &sx[..]).unwrap(),
+            ArrayView2::from_shape((rows, 1), &sy[..]).unwrap(),
+        );
+        let pv = ArrayView1::from(&params[..]).into_dyn();
+        seed002
+            .per_sample_grad_view(
+                &[pv, sxv.into_dyn(), syv.into_dyn()],
+                per_sample_view.into_dyn(),
+            )
+            .unwrap();
         eam.value_and_grad(&[&x], &mut [&mut gx]).unwrap();
         eam.vjp(&[&x], &[2.0], &mut [&mut gx], None).unwrap();
         layer_loss

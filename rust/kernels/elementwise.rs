@@ -344,27 +344,23 @@ fn partial<T: Float>(op: BinaryOp, side: Side, x: T, z: T, y: T) -> T {
     }
 }
 
-/// d(side) += reduce-over-broadcast(g * ∂(a op b)/∂side), given y = a op b.
-#[allow(clippy::too_many_arguments)]
+/// d(side) += reduce-over-broadcast(g * ∂(a op b)/∂side), given y = a op b and its adjoint g.
 pub fn binary_backward<T: Float>(
     op: BinaryOp,
     side: Side,
     (a, ba): (&[T], Broadcast),
     (b, bb): (&[T], Broadcast),
-    y: &[T],
-    g: &[T],
+    (y, g): (&[T], &[T]),
     d: &mut [T],
     (rows, cols): (usize, usize),
 ) {
     // One monomorphised loop per (op, side), so the common full/scalar cases vectorise.
-    #[allow(clippy::too_many_arguments)]
     fn run<T: Float>(
         df: impl Fn(T, T, T) -> T + Sync,
         side: Side,
         (a, ba): (&[T], Broadcast),
         (b, bb): (&[T], Broadcast),
-        y: &[T],
-        g: &[T],
+        (y, g): (&[T], &[T]),
         d: &mut [T],
         (rows, cols): (usize, usize),
     ) {
@@ -428,13 +424,13 @@ pub fn binary_backward<T: Float>(
             }
         }
     }
-    let args = ((a, ba), (b, bb), y, g, d, (rows, cols));
+    let args = ((a, ba), (b, bb), (y, g), d, (rows, cols));
     macro_rules! dispatch {
         ($($op:ident),*) => {
             match (op, side) {
                 $(
-                    (BinaryOp::$op, Side::Left) => run(|x, z, y| partial(BinaryOp::$op, Side::Left, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
-                    (BinaryOp::$op, Side::Right) => run(|x, z, y| partial(BinaryOp::$op, Side::Right, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
+                    (BinaryOp::$op, Side::Left) => run(|x, z, y| partial(BinaryOp::$op, Side::Left, x, z, y), side, args.0, args.1, args.2, args.3, args.4),
+                    (BinaryOp::$op, Side::Right) => run(|x, z, y| partial(BinaryOp::$op, Side::Right, x, z, y), side, args.0, args.1, args.2, args.3, args.4),
                 )*
             }
         };

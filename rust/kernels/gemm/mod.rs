@@ -61,27 +61,21 @@ pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
 
 /// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
 /// `workspace` must hold `workspace_len(m, n, k, 1)` elements; more lets more threads work.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: Operand<T>,
     b: Operand<T>,
     c: &mut [T],
     accumulate: bool,
     workspace: &mut [T],
 ) {
-    gemm_at(simd::level(), m, n, k, a, b, c, accumulate, workspace)
+    gemm_at(simd::level(), (m, n, k), a, b, c, accumulate, workspace)
 }
 
 /// `gemm` with the micro-kernel of `level` (tests run every level this CPU has).
-#[allow(clippy::too_many_arguments)]
 fn gemm_at<T: Float>(
     level: simd::Level,
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: Operand<T>,
     b: Operand<T>,
     c: &mut [T],
@@ -232,11 +226,8 @@ pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) 
 }
 
 /// `gemm` with op(B) packed beforehand by `pack_whole_b` (on this CPU, for these k and n).
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_prepacked<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: Operand<T>,
     packed_b: &[T],
     c: &mut [T],
@@ -550,9 +541,7 @@ mod tests {
                     let op = |data, transposed| Operand { data, transposed };
                     gemm_at(
                         level,
-                        m,
-                        n,
-                        k,
+                        (m, n, k),
                         op(&at, ta),
                         op(&bt, tb),
                         &mut c,
@@ -615,7 +604,7 @@ mod tests {
                 let op = |data, transposed| Operand { data, transposed };
                 pack_whole_b(k, n, op(&b, tb), &mut packed);
                 let mut c = vec![f64::NAN; m * n];
-                gemm_prepacked(m, n, k, op(&a, false), &packed, &mut c, false, &mut ws);
+                gemm_prepacked((m, n, k), op(&a, false), &packed, &mut c, false, &mut ws);
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (k as f64).sqrt());
                 }

@@ -1,0 +1,328 @@
+//! The runners replayed directly (whole-batch, tiled, per-sample), and `Program`'s ndarray entry
+//! points, against central finite differences of an independent plain-Rust model, in float64.
+//!
+//! The model is seed 002's shape, small: X (N, 3) → Dense(3→5, tanh) → Dense(5→1), mean squared
+//! error against Y, its weights and biases slices of one flat parameter vector (P = 26).
+use fastad::runner::{per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
+use fastad::{Axis, BinaryOp, Error, Graph, Plan, Program, ReduceOp, Shape, UnaryOp};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
+
+const D: usize = 3;
+const H: usize = 5;
+const P: usize = H * D + H + H + 1;
+
+/// The network's outputs for X (N, D): one per row.
+fn forward_graph(g: &mut Graph, p: usize, x: usize) -> usize {
+    let w1 = g.slice(p, 0, Shape::matrix(H, D)).unwrap();
+    let b1 = g.slice(p, H * D, Shape::vector(H)).unwrap();
+    let w2 = g.slice(p, H * D + H, Shape::matrix(1, H)).unwrap();
+    let b2 = g.slice(p, H * D + 2 * H, Shape::vector(1)).unwrap();
+    let w1t = g.transpose(w1).unwrap();
+    let h = g.matmul(x, w1t).unwrap();
+    let h = g.binary(BinaryOp::Add, h, b1).unwrap();
+    let h = g.unary(UnaryOp::Tanh, h).unwrap();
+    let w2t = g.transpose(w2).unwrap();
+    let z = g.matmul(h, w2t).unwrap();
+    g.binary(BinaryOp::Add, z, b2).unwrap()
+}
+
+/// mean((f(X) − Y)²) as a program of (params, X, Y).
+fn loss_plan() -> Plan<f64> {
+    let mut g = Graph::new();
+    let p = g.input(Shape::vector(P));
+    let x = g.input(Shape::batch_of(D));
+    let y = g.input(Shape::batch_of(1));
+    let f = forward_graph(&mut g, p, x);
+    let r = g.binary(BinaryOp::Sub, f, y).unwrap();
+    let r2 = g.unary(UnaryOp::Square, r).unwrap();
+    let loss = g.reduce(ReduceOp::Mean, r2, Axis::All, false).unwrap();
+    Plan::compile(&g, loss, &[0]).unwrap()
+}
+
+/// The outputs f(X) (N, 1) as a program of (params, X), differentiated in `wrt`.
+fn output_plan(wrt: usize) -> Plan<f64> {
+    let mut g = Graph::new();
+    let p = g.input(Shape::vector(P));
+    let x = g.input(Shape::batch_of(D));
+    let f = forward_graph(&mut g, p, x);
+    Plan::compile(&g, f, &[wrt]).unwrap()
+}
+
+/// The reference: the same network in plain Rust, one sample at a time.
+fn output_by_hand(p: &[f64], x: &[f64]) -> f64 {
+    let (w1, rest) = p.split_at(H * D);
+    let (b1, rest) = rest.split_at(H);
+    let (w2, b2) = rest.split_at(H);
+    let mut f = b2[0];
+    for j in 0..H {
+        let z: f64 = (0..D).map(|i| w1[j * D + i] * x[i]).sum::<f64>() + b1[j];
+        f += w2[j] * z.tanh();
+    }
+    f
+}
+
+fn loss_by_hand(p: &[f64], x: &[f64], y: &[f64]) -> f64 {
+    let n = y.len();
+    (0..n)
+        .map(|b| (output_by_hand(p, &x[b * D..(b + 1) * D]) - y[b]).powi(2))
+        .sum::<f64>()
+        / n as f64
+}
+
+/// Central differences of `f` at `p`, one coordinate at a time.
+fn finite_differences(p: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-6;
+    let mut q = p.to_vec();
+    (0..p.len())
+        .map(|i| {
+            q[i] = p[i] + h;
+            let up = f(&q);
+            q[i] = p[i] - h;
+            let down = f(&q);
+            q[i] = p[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * scale, "element {i}: {g} vs {w}");
+    }
+}
+
+/// Deterministic data: params, X (n, D), Y (n, 1).
+fn data(n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let p = (0..P).map(|i| (i as f64 * 0.71).sin() * 0.6).collect();
+    let x = (0..n * D).map(|i| (i as f64 * 0.37).cos()).collect();
+    let y = (0..n).map(|i| (i as f64 * 0.13).sin()).collect();
+    (p, x, y)
+}
+
+#[test]
+fn whole_runner_gradient_matches_finite_differences() {
+    let plan = loss_plan();
+    let (p, x, y) = data(40);
+    let mut whole = Whole::new(&plan).unwrap();
+    let args: [&[f64]; 3] = [&p, &x, &y];
+    let batch = plan.batch_size(&args).unwrap();
+    assert!(!plan.runs_tiled(batch, true));
+    whole.forward(&plan, &args, batch).unwrap();
+    whole.backward(&plan, &args, batch, Seed::Ones);
+    let loss = whole.output(&plan, &args, batch)[0];
+    assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+    let mut grad = vec![f64::NAN; P];
+    whole.write_grads(&plan, &mut [&mut grad]);
+    let want = finite_differences(&p, |q| loss_by_hand(q, &x, &y));
+    assert_close(&grad, &want, 1e-7);
+}
+
+#[test]
+fn tiled_runner_matches_finite_differences_and_the_whole_runner() {
+    let plan = loss_plan();
+    let rows = plan.tile_rows().expect("a row-local program tiles");
+    let n = 2 * rows + rows / 3; // three tiles, the last one ragged
+    let (p, x, y) = data(n);
+    let args: [&[f64]; 3] = [&p, &x, &y];
+    assert!(plan.runs_tiled(n, true));
+    let (mut whole, mut tiled) = (Whole::new(&plan).unwrap(), Tiled::new(&plan));
+    let sweeps = Sweeps::Both(Seed::Ones);
+    for threads in [1, 2] {
+        fastad::parallel::set_num_threads(threads);
+        tiled
+            .run(&plan, &mut whole, &args, n, sweeps, OutputRows::Table)
+            .unwrap();
+        let loss = whole.output(&plan, &args, n)[0];
+        assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+        let mut grad = vec![f64::NAN; P];
+        whole.write_grads(&plan, &mut [&mut grad]);
+        let want = finite_differences(&p, |q| loss_by_hand(q, &x, &y));
+        assert_close(&grad, &want, 1e-7);
+
+        // The same replay untiled, on fresh buffers.
+        let mut untiled = Whole::new(&plan).unwrap();
+        untiled.forward(&plan, &args, n).unwrap();
+        untiled.backward(&plan, &args, n, Seed::Ones);
+        let mut grad_untiled = vec![0.0; P];
+        untiled.write_grads(&plan, &mut [&mut grad_untiled]);
+        assert_close(&grad, &grad_untiled, 1e-12);
+    }
+}
+
+#[test]
+fn tiled_vjp_of_a_batched_output_to_the_inputs() {
+    // J(X)ᵀ c for f(X) (N, 1) with respect to X: row b is c_b ∂f(x_b)/∂x_b.
+    let plan = output_plan(1);
+    let rows = plan.tile_rows().unwrap();
+    let n = 2 * rows + 7;
+    let (p, x, _) = data(n);
+    let c: Vec<f64> = (0..n).map(|b| 1.0 + (b % 3) as f64).collect();
+    let args: [&[f64]; 2] = [&p, &x];
+    let (mut whole, mut tiled) = (Whole::new(&plan).unwrap(), Tiled::new(&plan));
+    let mut out = vec![0.0; n];
+    let sweeps = Sweeps::Both(Seed::Cotangent(&c));
+    tiled
+        .run(
+            &plan,
+            &mut whole,
+            &args,
+            n,
+            sweeps,
+            OutputRows::Caller(&mut out),
+        )
+        .unwrap();
+    let mut dx = vec![f64::NAN; n * D];
+    whole.write_grads(&plan, &mut [&mut dx]);
+    for b in [0, 1, rows - 1, rows, n - 1] {
+        let xb = &x[b * D..(b + 1) * D];
+        assert!((out[b] - output_by_hand(&p, xb)).abs() < 1e-12);
+        let want: Vec<f64> = finite_differences(xb, |q| c[b] * output_by_hand(&p, q));
+        assert_close(&dx[b * D..(b + 1) * D], &want, 1e-7);
+    }
+}
+
+#[test]
+fn per_sample_runner_rows_match_each_samples_own_gradient() {
+    let plan = loss_plan();
+    let n = 9;
+    let (p, x, y) = data(n);
+    let args: [&[f64]; 3] = [&p, &x, &y];
+    let mut whole = Whole::new(&plan).unwrap();
+    let mut rows = vec![f64::NAN; n * P];
+    let loss = per_sample_grad(&plan, &mut whole, &args, n, &mut rows).unwrap();
+    // A scalar loss comes back as it is (the mean); rows are each sample's own loss's gradient.
+    assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+    for b in 0..n {
+        let (xb, yb) = (&x[b * D..(b + 1) * D], &y[b..b + 1]);
+        let want = finite_differences(&p, |q| loss_by_hand(q, xb, yb));
+        assert_close(&rows[b * P..(b + 1) * P], &want, 1e-7);
+    }
+    // Refused where there is no per-sample split: a gradient with respect to X.
+    let plan = output_plan(1);
+    let mut whole = Whole::new(&plan).unwrap();
+    let err = per_sample_grad(&plan, &mut whole, &[&p, &x], n, &mut rows).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn the_tiled_runner_refuses_what_it_cannot_tile() {
+    // A sum over the batch squared: its gradient does not tile.
+    let mut g = Graph::new();
+    let x = g.input(Shape::batch_of(2));
+    let s = g.reduce(ReduceOp::Sum, x, Axis::All, false).unwrap();
+    let s2 = g.unary(UnaryOp::Square, s).unwrap();
+    let plan = Plan::<f64>::compile(&g, s2, &[0]).unwrap();
+    assert!(!plan.tiles_gradient());
+    let (mut whole, mut tiled) = (Whole::new(&plan).unwrap(), Tiled::new(&plan));
+    let x = vec![1.0; 2 * 4096];
+    let sweeps = Sweeps::Both(Seed::Ones);
+    let err = tiled
+        .run(&plan, &mut whole, &[&x], 4096, sweeps, OutputRows::Table)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn view_entry_points_check_shapes_from_the_views() {
+    let mut program = Program::from_plan(loss_plan()).unwrap();
+    let n = 12;
+    let (p, x, y) = data(n);
+    let pv = ArrayView1::from(&p[..]).into_dyn();
+    let xv = ArrayView2::from_shape((n, D), &x[..]).unwrap().into_dyn();
+    let yv = ArrayView2::from_shape((n, 1), &y[..]).unwrap().into_dyn();
+    let mut grad = Array1::<f64>::zeros(P);
+    let loss = program
+        .value_and_grad_view(
+            &[pv.clone(), xv.clone(), yv.clone()],
+            &mut [grad.view_mut().into_dyn()],
+        )
+        .unwrap();
+    assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+    let want = finite_differences(&p, |q| loss_by_hand(q, &x, &y));
+    assert_close(grad.as_slice().unwrap(), &want, 1e-7);
+
+    let mut rows = Array2::<f64>::zeros((n, P));
+    program
+        .per_sample_grad_view(
+            &[pv.clone(), xv.clone(), yv.clone()],
+            rows.view_mut().into_dyn(),
+        )
+        .unwrap();
+    let summed: Vec<f64> = (0..P).map(|j| rows.column(j).sum() / n as f64).collect();
+    assert_close(&summed, &want, 1e-7);
+
+    // Shapes come from the views: X of (n, 2) is refused by name, Y's batch must agree.
+    let x2 = ArrayView2::from_shape((n * D / 2, 2), &x[..])
+        .unwrap()
+        .into_dyn();
+    let err = program
+        .value_and_grad_view(
+            &[pv.clone(), x2, yv.clone()],
+            &mut [grad.view_mut().into_dyn()],
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("argument 1 has shape (18, 2); expected (None, 3)"),
+        "{err}"
+    );
+    let y_short = ArrayView2::from_shape((n - 1, 1), &y[..n - 1])
+        .unwrap()
+        .into_dyn();
+    let err = program
+        .value_and_grad_view(
+            &[pv.clone(), xv.clone(), y_short],
+            &mut [grad.view_mut().into_dyn()],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("batch sizes differ"), "{err}");
+    // A gradient view of the wrong shape, and one that is not contiguous: nothing written.
+    let mut wide = Array1::<f64>::from_elem(2 * P, 7.0);
+    let strided = wide.slice_mut(ndarray::s![..;2]).into_dyn();
+    let err = program
+        .value_and_grad_view(&[pv.clone(), xv.clone(), yv.clone()], &mut [strided])
+        .unwrap_err();
+    assert!(err.to_string().contains("C-contiguous"), "{err}");
+    assert!(wide.iter().all(|&v| v == 7.0));
+    let short = ArrayViewMut1::from(&mut wide.as_slice_mut().unwrap()[..P - 1]).into_dyn();
+    let err = program
+        .value_and_grad_view(&[pv, xv, yv], &mut [short])
+        .unwrap_err();
+    assert!(err.to_string().contains("expected (26,)"), "{err}");
+}
+
+#[test]
+fn vjp_view_writes_the_value_and_pulls_back_the_cotangent() {
+    let mut program = Program::from_plan(output_plan(0)).unwrap();
+    let n = 6;
+    let (p, x, _) = data(n);
+    let c = Array2::<f64>::from_shape_fn((n, 1), |(b, _)| 0.5 + b as f64);
+    let pv = ArrayView1::from(&p[..]).into_dyn();
+    let xv = ArrayView2::from_shape((n, D), &x[..]).unwrap().into_dyn();
+    let mut grad = Array1::<f64>::zeros(P);
+    let mut value = Array2::<f64>::zeros((n, 1));
+    program
+        .vjp_view(
+            &[pv, xv],
+            c.view().into_dyn(),
+            &mut [grad.view_mut().into_dyn()],
+            Some(value.view_mut().into_dyn()),
+        )
+        .unwrap();
+    let weighted = |q: &[f64]| -> f64 {
+        (0..n)
+            .map(|b| c[[b, 0]] * output_by_hand(q, &x[b * D..(b + 1) * D]))
+            .sum()
+    };
+    assert_close(
+        grad.as_slice().unwrap(),
+        &finite_differences(&p, weighted),
+        1e-7,
+    );
+    for b in 0..n {
+        assert!((value[[b, 0]] - output_by_hand(&p, &x[b * D..(b + 1) * D])).abs() < 1e-12);
+    }
+}
