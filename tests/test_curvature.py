@@ -177,7 +177,7 @@ def test_curvature_errors_name_the_problem_and_write_nothing():
         model.jacobian(X, out=np.empty((5, 2, 2 * p))[:, :, ::2])
     with pytest.raises(ValueError, match=r"targets Y must have 5 rows"):
         model.fisher(X, Y[:3], loss="mse", out=sentinel)
-    with pytest.raises(ValueError, match="overlaps an input"):
+    with pytest.raises(ValueError, match="shares memory with an input"):
         model.fisher_diag(X, Y, loss="mse", out=model.params)
     assert np.all(sentinel == 7.0)
     with pytest.raises(ValueError, match="accumulate=True adds to out="):

@@ -17,14 +17,16 @@ from ._fastad import (
 )
 from ._compile import Spec, compile, spec
 from ._ops import (
-    abs, bce_logits, cos, cross_entropy, exp, expm1, log, log1p, log_softmax, logsumexp, matmul,
-    maximum, mean, minimum, mse, relu, reshape, sigmoid, sin, softmax, softplus, sqrt, square, sse,
-    sum, take_along_rows, tanh, transpose,
+    abs, cos, exp, expm1, log, log1p, log_softmax, logsumexp, matmul, maximum, mean, minimum, relu,
+    reshape, sigmoid, sin, softmax, softplus, sqrt, square, sum, take_along_rows, tanh, transpose,
 )
+from ._losses import Loss, bce_logits, cross_entropy, mse, sse
 from ._tracer import Tracer
-from ._layers import Chain, Dense, gelu
+from ._activations import gelu
+from ._dense import Dense
+from ._chain import Chain, load, save
 from ._optim import SGD, Adam, AdamW, Optimizer
-from ._io import FormatError, load
+from ._model_file import FormatError
 
 __version__ = "0.1.0"
 
@@ -34,5 +36,5 @@ __all__ = [
     "log_softmax", "logsumexp", "matmul", "maximum", "mean", "minimum", "mse", "relu", "reshape",
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
     "tanh", "transpose", "outer", "outer_sum", "outer_diag", "SGD", "Adam", "AdamW", "Optimizer",
-    "FormatError", "load", "epoch_order",
+    "FormatError", "load", "save", "epoch_order", "Loss",
 ]

@@ -127,38 +127,3 @@ def take_along_rows(x: Tracer, index: Any) -> Tracer:
     """``x[i, index[i]]`` for each row i of the matrix `x`; `index` holds integer class labels."""
     t = _traced_only("take_along_rows", x, index)
     return t._new(t._graph.take_along_rows(t._lift(x), t._lift(index)))
-
-
-# Losses -----------------------------------------------------------------------------------------
-
-def sse(pred: Tracer, target: Any = None) -> Tracer:
-    """Sum of squared errors, ``sum((pred - target)**2)`` (or ``sum(pred**2)`` without target)."""
-    r = pred if target is None else pred - target
-    return sum(r * r)
-
-
-def mse(pred: Tracer, target: Any) -> Tracer:
-    """Mean squared error over all elements, ``mean((pred - target)**2)``."""
-    r = pred - target
-    return mean(r * r)
-
-
-def cross_entropy(logits: Tracer, labels: Any) -> Tracer:
-    """Mean softmax cross-entropy over the rows of `logits` (N, K).
-
-    `labels` is either integer class indices of shape (N,) or probabilities of shape (N, K).
-    """
-    _traced_only("cross_entropy", logits, labels)
-    ndim = labels.ndim if hasattr(labels, "ndim") else np.ndim(labels)
-    logp = log_softmax(logits, axis=-1)
-    if ndim == 1:
-        return -mean(take_along_rows(logp, labels))
-    if ndim == 2:
-        return -mean(sum(labels * logp, axis=-1))
-    raise ValueError(f"labels must have shape (N,) or (N, K); got rank {ndim}")
-
-
-def bce_logits(logits: Tracer, targets: Any) -> Tracer:
-    """Mean binary cross-entropy of targets in [0, 1] given logits, computed without overflow:
-    ``mean(softplus(z) - z * t)``."""
-    return mean(softplus(logits) - logits * targets)

@@ -5,9 +5,10 @@ use super::errors::to_py_err;
 use crate::error::Error;
 use crate::float::Float;
 use crate::shape::{fmt_dims, BatchSize, Shape};
-use numpy::{Element, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{Element, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
+use smallvec::SmallVec;
 
 /// A read-only view of an argument's data, kept alive by `_owner` (the argument or its copy).
 pub(crate) struct InView<'py> {
@@ -249,18 +250,27 @@ fn span<'py>(obj: &Bound<'py, PyAny>) -> Option<InView<'py>> {
 /// Checks `out` as every `out=` of fastad is checked (`out_view`: dtype, exact shape,
 /// C-contiguous, aligned, writable) and that it shares no memory with `inputs`; for the Python
 /// layer's own methods, which check their `out=` before streaming into it.
+/// (Tuples and the NumPy dtype are read in place: a checked call allocates nothing.)
 #[pyfunction]
 #[pyo3(signature = (out, shape, dtype, inputs))]
 pub fn check_out(
     out: &Bound<'_, PyAny>,
-    shape: Vec<usize>,
-    dtype: &str,
-    inputs: Vec<Bound<'_, PyAny>>,
+    shape: &Bound<'_, PyTuple>,
+    dtype: &Bound<'_, PyArrayDescr>,
+    inputs: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
-    let dtype = super::dtype::Dtype::from_name(dtype).map_err(to_py_err)?;
+    let dtype = super::dtype::Dtype::of_descr(dtype).ok_or_else(|| {
+        to_py_err(Error::Dtype(
+            "check_out: dtype must be float32 or float64".into(),
+        ))
+    })?;
+    let dims = shape
+        .iter()
+        .map(|d| d.extract::<usize>())
+        .collect::<PyResult<SmallVec<[usize; 4]>>>()?;
     let view =
-        super::dtype::by_dtype!(dtype, T => out_view::<T>(out, OutName::Plain("out"), &shape)?);
-    let spans: Vec<InView> = inputs.iter().filter_map(span).collect();
+        super::dtype::by_dtype!(dtype, T => out_view::<T>(out, OutName::Plain("out"), &dims)?);
+    let spans: SmallVec<[InView; 4]> = inputs.iter().filter_map(|a| span(&a)).collect();
     check_no_aliasing(
         &spans,
         &|_| "an input (X, Y or the parameters)".into(),

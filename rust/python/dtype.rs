@@ -1,7 +1,7 @@
 //! The one way the bindings name an element type: `Dtype`, read from a name or an array, and
 //! `Typed`, one value per element type, with `typed!` to run generic code on whichever it holds.
 use crate::error::Error;
-use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 /// The element types fastad computes in.
@@ -25,8 +25,12 @@ impl Dtype {
 
     /// The dtype of a float32 or float64 array; `None` for any other dtype.
     pub fn of_array(a: &Bound<'_, PyUntypedArray>) -> Option<Dtype> {
-        let py = a.py();
-        let d = a.dtype();
+        Dtype::of_descr(&a.dtype())
+    }
+
+    /// A NumPy dtype, if float32 or float64.
+    pub fn of_descr(d: &Bound<'_, PyArrayDescr>) -> Option<Dtype> {
+        let py = d.py();
         if d.is_equiv_to(&numpy::dtype::<f32>(py)) {
             Some(Dtype::F32)
         } else if d.is_equiv_to(&numpy::dtype::<f64>(py)) {

@@ -10,18 +10,21 @@ A model file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays, read with
 - ``params``: the flat parameter vector (P,) in ``dtype``;
 - ``optimizer_buffers``: the optimiser's state buffers, when it has any.
 
-Loading never executes code from the file; anything unexpected raises ``fa.FormatError``.
+Loading never executes code from the file; anything unexpected raises ``fa.FormatError``. This
+module reads and writes the format; ``fa.load`` (in `_chain.py`) builds the Chain from what
+`read` found.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
 
 from . import _optim
+from ._activations import ACTIVATIONS
 
 FORMAT, VERSION = "fastad.chain", 1
 _MAX_HEADER = 1 << 20  # bytes: a header is a few hundred; anything huge is not ours
@@ -32,12 +35,23 @@ class FormatError(ValueError):
     version, or inconsistent contents)."""
 
 
+class Contents(NamedTuple):
+    """A model file's validated contents."""
+
+    dtype: str
+    layers: List[Dict[str, Any]]  # {"in", "out", "activation", "use_bias"} per layer
+    params: np.ndarray
+    optimizer: Optional[_optim.Optimizer]
+
+
 def save(model: Any, path: Any, optimizer: Optional[_optim.Optimizer] = None) -> None:
-    from ._layers import _ACTIVATIONS
+    """Writes `model` (a ``fa.Chain``) and, when given, the optimiser's state to `path` in
+    fastad's pickle-free format (see ``fa.load``). Atomic: the file is written beside `path` and
+    renamed over it, so a failed save leaves any previous file intact."""
     layers = []
     for k, layer in enumerate(model.layers):
         act = layer.activation
-        if act is not None and not (isinstance(act, str) and act in _ACTIVATIONS):
+        if act is not None and not (isinstance(act, str) and act in ACTIVATIONS):
             raise ValueError(f"layer {k} ({layer!r}) has a custom activation function, which a "
                              f"model file cannot hold; only named activations can be saved")
         layers.append({"in": layer.in_features, "out": layer.out_features, "activation": act,
@@ -67,10 +81,9 @@ def save(model: Any, path: Any, optimizer: Optional[_optim.Optimizer] = None) ->
         raise
 
 
-def load(path: Any, *, with_optimizer: bool = False) -> Union[Any, Tuple[Any, Optional[_optim.Optimizer]]]:
-    """Reads a model saved by ``model.save(path)``; with ``with_optimizer=True`` returns
-    ``(model, optimizer)`` (None when the file holds no optimiser). Raises ``fa.FormatError`` for
-    a file that is not a valid fastad model, naming the problem; never executes its contents."""
+def read(path: Any) -> Contents:
+    """The validated contents of a model file written by `save`; ``fa.FormatError`` naming the
+    problem for anything else. Never executes anything from the file."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -88,14 +101,13 @@ def load(path: Any, *, with_optimizer: bool = False) -> Union[Any, Tuple[Any, Op
     except Exception as e:  # zip, zlib, npy or value errors: corrupt or truncated
         raise FormatError(f"{path}: not a readable fastad model file ({type(e).__name__}: {e})") from e
 
-    model = _model(path, header, params)
-    if not with_optimizer:
-        return model
+    dtype, layers = _layers(path, header, params)
     opt = None
     if "optimizer" in header:
-        state = dict(header["optimizer"])
+        state = header["optimizer"]
         if not isinstance(state, dict) or not isinstance(state.get("hyper", {}), dict):
             raise FormatError(f"{path}: malformed optimizer entry")
+        state = dict(state)
         if "betas" in state.get("hyper", {}):
             state["hyper"]["betas"] = tuple(state["hyper"]["betas"])
         state["buffers"] = buffers
@@ -103,7 +115,7 @@ def load(path: Any, *, with_optimizer: bool = False) -> Union[Any, Tuple[Any, Op
             opt = _optim.from_state(state)
         except (TypeError, ValueError, KeyError) as e:
             raise FormatError(f"{path}: optimizer state cannot be restored: {e}") from e
-    return model, opt
+    return Contents(dtype, layers, params, opt)
 
 
 def _header(path: str, raw: np.ndarray) -> Dict[str, Any]:
@@ -121,31 +133,28 @@ def _header(path: str, raw: np.ndarray) -> Dict[str, Any]:
     return header
 
 
-def _model(path: str, header: Dict[str, Any], params: np.ndarray) -> Any:
-    from ._layers import _ACTIVATIONS, Chain, Dense
+def _layers(path: str, header: Dict[str, Any], params: np.ndarray):
+    """The dtype and the layers' descriptions, checked against each other and against params."""
     dtype, layers = header.get("dtype"), header.get("layers")
     if dtype not in ("float32", "float64"):
         raise FormatError(f"{path}: dtype {dtype!r}; expected float32 or float64")
     if not isinstance(layers, list) or not layers:
         raise FormatError(f"{path}: 'layers' must be a non-empty list")
-    built = []
     for k, spec in enumerate(layers):
         ok = (isinstance(spec, dict) and set(spec) == {"in", "out", "activation", "use_bias"}
               and all(type(spec[d]) is int and 1 <= spec[d] <= 1 << 24 for d in ("in", "out"))
-              and (spec["activation"] is None or spec["activation"] in _ACTIVATIONS)
+              and (spec["activation"] is None or spec["activation"] in ACTIVATIONS)
               and type(spec["use_bias"]) is bool)
         if not ok:
             raise FormatError(f"{path}: layer {k} is malformed: {spec!r}")
-        built.append(Dense(spec["in"], spec["out"], spec["activation"], use_bias=spec["use_bias"]))
-    try:
-        model = Chain(*built, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise FormatError(f"{path}: inconsistent layers: {e}") from e
-    if header.get("n_params") != model.n_params:
+        if k and spec["in"] != layers[k - 1]["out"]:
+            raise FormatError(f"{path}: inconsistent layers: layer {k} takes {spec['in']} inputs "
+                              f"but layer {k - 1} gives {layers[k - 1]['out']}")
+    n_params = sum(l["out"] * (l["in"] + l["use_bias"]) for l in layers)
+    if header.get("n_params") != n_params:
         raise FormatError(f"{path}: header says {header.get('n_params')!r} parameters; the "
-                          f"layers have {model.n_params}")
-    if params.dtype != model.dtype or params.shape != (model.n_params,):
+                          f"layers have {n_params}")
+    if params.dtype != np.dtype(dtype) or params.shape != (n_params,):
         raise FormatError(f"{path}: params is {params.dtype} {params.shape}; expected {dtype} "
-                          f"({model.n_params},)")
-    model.params[:] = params
-    return model
+                          f"({n_params},)")
+    return dtype, layers
