@@ -18,11 +18,14 @@ install: $(PY)
 demo: install
 	$(PY) -m fastad
 
-# Everything: Rust unit and integration tests, then the Python tests against the installed wheel.
+# Everything: Rust unit and integration tests (with fastad's pool, then on rayon's), then the
+# Python tests against the installed wheel.
 test: install
 	cargo test
+	cargo test --features rayon
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider .
 
 bench: install
 	cargo bench
+	cargo bench --features rayon --bench executors
 	$(PY) benches/compare.py

@@ -174,3 +174,23 @@ def test_num_threads():
     with pytest.raises(ValueError):
         fa.set_num_threads(0)
     fa.set_num_threads(old)
+
+
+def test_a_buffer_larger_than_memory_raises_memory_error_and_the_program_survives():
+    """The core grows buffers fallibly (rust/buffer.rs): 320 GB of intermediate values are a
+    MemoryError naming the size, not an abort. Run in a subprocess: an abort would kill pytest."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, fastad as fa\n"
+        "f = fa.compile(lambda X: fa.sum(X @ X.T), fa.spec((None, 2)))\n"
+        "try:\n"
+        "    f(np.ones((200000, 2)))\n"
+        "except MemoryError as e:\n"
+        "    assert '320000000000 bytes' in str(e), e\n"
+        "    print('MemoryError')\n"
+        "print(f(np.ones((3, 2))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["MemoryError", "18.0"]

@@ -72,6 +72,11 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads fastad's parallel kernels use."""
 
+def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> None:
+    """Checks `out` by the rule every `out=` of fastad follows (exact dtype and shape,
+    C-contiguous, aligned, writable) and that it shares no memory with `inputs`; raises
+    TypeError/ValueError naming the problem."""
+
 def outer(G: Any, out: Optional[NDArray[Any]] = None, packed: bool = False) -> NDArray[Any]:
     """H[b] = g_b g_bᵀ for each row g_b of G (N, P): (N, P, P), or (N, P(P+1)/2) upper triangles
     (row by row) with `packed`. float32 G computes in float32, anything else in float64."""
