@@ -5,7 +5,10 @@ use super::errors::to_py_err;
 use crate::error::Error;
 use crate::float::Float;
 use crate::shape::{fmt_dims, BatchSize, Shape};
-use numpy::{Element, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    Element, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use smallvec::SmallVec;
