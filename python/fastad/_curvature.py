@@ -10,7 +10,7 @@ import numpy as np
 from . import _ops
 from ._compile import compile, spec
 from ._fastad import check_out, outer_diag, outer_sum
-from ._losses import LOSSES, resolve
+from ._losses import LOSSES, resolve, unit_rows
 
 # Elements of one tile of per-sample rows: with P ≈ 2,000 a tile has ~500 rows, enough for the
 # GEMM to run at full speed and small enough to stay in the last-level cache. A model may set
@@ -26,11 +26,11 @@ def jacobian(model: Any, X: Any, out: Optional[np.ndarray] = None) -> np.ndarray
     n, k, p = X.shape[0], model.out_features, model.n_params
     J = _out(model, out, (n, k, p), X)
     if k == 1:  # J[:, 0, :] is contiguous: write into it directly
-        _seeded_rows(model, X, _unit_seed(model, n, 0), J.reshape(n, p))
+        _seeded_rows(model, X, unit_rows(n, k, 0, dtype=model.dtype), J.reshape(n, p))
         return J
     for r0, r1, buf in _tiles(model, n, 1):
         for c in range(k):
-            _seeded_rows(model, X[r0:r1], _unit_seed(model, r1 - r0, c), buf)
+            _seeded_rows(model, X[r0:r1], unit_rows(r1 - r0, k, c, dtype=model.dtype), buf)
             J[r0:r1, c] = buf
     return J
 
@@ -102,19 +102,13 @@ def _seeded_rows(model: Any, X: np.ndarray, C: np.ndarray, out: np.ndarray) -> N
     prog.per_sample_grad(model.params, X, C, out=out)
 
 
-def _unit_seed(model: Any, n: int, k: int) -> np.ndarray:
-    C = np.zeros((n, model.out_features), model.dtype)
-    C[:, k] = 1.0
-    return C
-
-
 def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
     """Checked X and Y, and a generator of (start, stop, R) per batch tile: R (rows, P) are the
     tile's rows, whose Σ RᵀR over the tiles is the curvature matrix of `kind` (for "empirical",
     R holds samples start..stop's gradients)."""
     if kind not in ("empirical", "ggn"):
         raise ValueError(f'kind must be "empirical" or "ggn", got {kind!r}')
-    factor = resolve(loss).hessian_factor
+    factor = resolve(loss).hessian_factor if kind == "ggn" else None
     if kind == "ggn" and factor is None:
         raise ValueError(
             f"kind='ggn' needs the Hessian of the loss with respect to the outputs, known for "

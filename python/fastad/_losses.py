@@ -38,8 +38,9 @@ class Loss:
         return f"fa.{self.name}"
 
 
-def _unit_rows(n: int, K: int, k: int, scale: Any) -> np.ndarray:
-    C = np.zeros((n, K))
+def unit_rows(n: int, K: int, k: int, scale: Any = 1.0, dtype: Any = np.float64) -> np.ndarray:
+    """(n, K) zeros with column k set to `scale`: the cotangent that picks output k."""
+    C = np.zeros((n, K), dtype)
     C[:, k] = scale
     return C
 
@@ -82,7 +83,7 @@ def _squares_factor(per_output: Callable[[int], float]) -> HessianFactor:
     def factor(outputs, Y, n, K):
         root = math.sqrt(per_output(K))
         for k in range(K):
-            yield _unit_rows(n, K, k, root)
+            yield unit_rows(n, K, k, root)
     return factor
 
 
@@ -91,7 +92,7 @@ def _bce_factor(outputs, Y, n, K):
     s = 1.0 / (1.0 + np.exp(-outputs()))
     root = np.sqrt(s * (1.0 - s) / K)
     for k in range(K):
-        yield _unit_rows(n, K, k, root[:, k])
+        yield unit_rows(n, K, k, root[:, k])
 
 
 def _cross_entropy_factor(outputs, Y, n, K):

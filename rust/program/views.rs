@@ -57,12 +57,11 @@ impl<T: Float> Program<T> {
         args: &[ArrayViewD<T>],
         cotangent: ArrayViewD<T>,
         grads: &mut [ArrayViewMutD<T>],
-        value_out: Option<ArrayViewMutD<T>>,
+        mut value_out: Option<ArrayViewMutD<T>>,
     ) -> Result<()> {
         let (args, batch) = self.arg_slices(args, Some(&cotangent))?;
         let cotangent = in_slice(&cotangent, &|| "the cotangent".into())?;
         let mut grads = self.grad_slices(grads, batch)?;
-        let mut value_out = value_out;
         let value = match value_out.as_mut() {
             Some(v) => Some(out_slice("value_out", v, self.output_shape(), batch)?),
             None => None,

@@ -109,9 +109,7 @@ impl<T: Float> Tiled<T> {
         let n_tiles = batch.div_ceil(tile_rows);
         let tasks = crate::parallel::num_threads().min(n_tiles).max(1);
         self.reserve(plan, whole, batch, tasks)?;
-        whole
-            .gemm
-            .reserve(&plan.steps, batch, crate::parallel::num_threads())?;
+        whole.reserve_gemm(plan, batch)?; // for the Pre and Post products
         let out = plan.output;
 
         // Before the tiles: everything that does not depend on the batch.

@@ -52,10 +52,15 @@ impl<T: Float> Whole<T> {
         })
     }
 
+    /// Grows the products' workspace for `batch` rows on the current thread count.
+    pub(crate) fn reserve_gemm(&mut self, plan: &Plan<T>, batch: usize) -> Result<()> {
+        self.gemm
+            .reserve(&plan.steps, batch, crate::parallel::num_threads())
+    }
+
     /// Grows every batched buffer to hold `batch` rows, and the products' workspace.
     fn reserve(&mut self, plan: &Plan<T>, batch: usize) -> Result<()> {
-        self.gemm
-            .reserve(&plan.steps, batch, crate::parallel::num_threads())?;
+        self.reserve_gemm(plan, batch)?;
         if batch <= self.capacity {
             return Ok(());
         }
