@@ -326,3 +326,30 @@ fn vjp_view_writes_the_value_and_pulls_back_the_cotangent() {
         assert!((value[[b, 0]] - output_by_hand(&p, &x[b * D..(b + 1) * D])).abs() < 1e-12);
     }
 }
+
+#[test]
+fn a_batch_too_large_for_memory_is_an_out_of_memory_error_and_the_program_survives() {
+    // X (200,000, 2) is 3.2 MB, but X Xᵀ would be 320 GB: its buffer is refused, not aborted on.
+    let mut g = Graph::new();
+    let x = g.input(Shape::batch_of(2));
+    let xt = g.transpose(x).unwrap();
+    let gram = g.matmul(x, xt).unwrap();
+    let s = g.reduce(ReduceOp::Sum, gram, Axis::All, false).unwrap();
+    let mut program = Program::<f64>::compile(&g, s, &[0]).unwrap();
+    let big = Array2::<f64>::ones((200_000, 2));
+    let mut grad = Array2::<f64>::zeros((200_000, 2));
+    let err = program
+        .value_and_grad_view(&[big.view().into_dyn()], &mut [grad.view_mut().into_dyn()])
+        .unwrap_err();
+    match err {
+        Error::OutOfMemory { bytes, .. } => assert_eq!(bytes, 200_000u128 * 200_000 * 8),
+        other => panic!("expected OutOfMemory, got {other}"),
+    }
+    let small = Array2::<f64>::ones((3, 2));
+    let mut g3 = Array2::<f64>::zeros((3, 2));
+    let v = program
+        .value_and_grad_view(&[small.view().into_dyn()], &mut [g3.view_mut().into_dyn()])
+        .unwrap();
+    assert_eq!(v, 18.0);
+    assert!(g3.iter().all(|&d| d == 6.0)); // ∂/∂x_ij Σ (x xᵀ) = 2 Σ_k x_kj
+}
