@@ -10,7 +10,8 @@ pub trait Float:
     + std::iter::Sum
     + std::ops::AddAssign
     + std::fmt::Debug
-    + crate::kernels::gemm::GemmKernel
+    // The per-type micro-kernels (a layer below the GEMM, which is generic over `Float`).
+    + crate::kernels::gemm::microkernel::GemmKernel
     + 'static
 {
     /// The NumPy name of the type, for error messages.

@@ -7,7 +7,7 @@
 //! a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large products
 //! split the tiles over the thread pool; each tile is computed by one thread in a fixed order,
 //! so results do not depend on the thread count.
-mod microkernel;
+pub(crate) mod microkernel;
 mod pack;
 
 pub use microkernel::GemmKernel;
