@@ -22,6 +22,8 @@ pub enum Error {
     Invalid(String),
     /// A buffer of `bytes` bytes (for `what`) could not be allocated.
     OutOfMemory { what: String, bytes: u128 },
+    /// The front end asked a long call to stop (Ctrl-C), between two units of its work.
+    Interrupted,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -39,6 +41,7 @@ impl fmt::Display for Error {
             Error::OutOfMemory { what, bytes } => {
                 write!(f, "cannot allocate {bytes} bytes for {what}")
             }
+            Error::Interrupted => f.write_str("interrupted"),
         }
     }
 }

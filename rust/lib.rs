@@ -23,6 +23,7 @@ pub mod alloc_count;
 mod buffer;
 mod error;
 mod float;
+pub mod interrupt;
 mod ir;
 pub mod kernels;
 pub mod optim;

@@ -57,6 +57,20 @@ impl Shape {
                 dims.len()
             )));
         }
+        // Bytes of float64 elements must fit NumPy's (and the allocator's) isize: larger
+        // shapes are refused here, so element counts (with a batch factor up to that size)
+        // never wrap.
+        let fixed = dims.iter().try_fold(8usize, |n, d| match d {
+            Dim::Fixed(k) => n.checked_mul(*k),
+            Dim::Batch => Some(n),
+        });
+        if fixed.is_none_or(|bytes| bytes > isize::MAX as usize) {
+            let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            return Err(Error::Shape(format!(
+                "shape ({}) has more elements than any array can hold",
+                shape.join(", ")
+            )));
+        }
         let mut d = [Dim::Fixed(1); 2];
         d[..dims.len()].copy_from_slice(dims);
         Ok(Shape {
@@ -87,9 +101,13 @@ impl Shape {
         }
     }
 
-    /// Number of elements for a batch size.
+    /// Number of elements for a batch size; `usize::MAX` when that overflows, a size no
+    /// allocation can meet (so it surfaces as `Error::OutOfMemory`, never a wrapped count).
     pub fn len(&self, batch: usize) -> usize {
-        self.dims().iter().map(|d| d.resolve(batch)).product()
+        self.dims()
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(d.resolve(batch)))
+            .unwrap_or(usize::MAX)
     }
 
     /// The shape as a 2-D `(rows, cols)` view, right-aligned as NumPy broadcasts:

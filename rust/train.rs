@@ -1,6 +1,7 @@
 //! Training loops that run entirely in the core: shuffling, batching, the forward and reverse
 //! sweeps of a loss program, and the optimiser's update, with every buffer allocated before the
 //! first step.
+use crate::buffer::filled;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::optim::Optimizer;
@@ -73,18 +74,22 @@ impl<T: Float> Trainer<T> {
             None => 0,
         };
         let b = schedule.batch_size.min(data.rows);
+        let mut order = filled(data.rows, 0, "the epoch's sample order")?;
+        order.iter_mut().enumerate().for_each(|(i, o)| *o = i);
         Ok(Trainer {
             widths: (xw, yw),
-            order: (0..data.rows).collect(),
-            xb: vec![T::zero(); b * xw],
-            yb: vec![T::zero(); b * yw],
-            grad: vec![T::zero(); shapes[0].len(1)],
+            order,
+            xb: filled(b * xw, T::zero(), "a batch of X")?,
+            yb: filled(b * yw, T::zero(), "a batch of Y")?,
+            grad: filled(shapes[0].len(1), T::zero(), "the gradient")?,
         })
     }
 
     /// Runs epoch number `epoch` (it picks the shuffle): one update per batch. Returns the mean
     /// of the batch losses weighted by their sizes (for a mean loss, the epoch's mean loss at the
-    /// parameters each batch saw).
+    /// parameters each batch saw). Stops with `Error::Interrupted` when asked (see `interrupt`),
+    /// always after a whole update: the parameters and the optimiser's state are those of the
+    /// last completed step.
     pub fn epoch(
         &mut self,
         program: &mut Program<T>,
@@ -124,6 +129,7 @@ impl<T: Float> Trainer<T> {
             };
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;
+            crate::interrupt::poll()?;
         }
         Ok(total / n as f64)
     }

@@ -110,7 +110,7 @@ fn whole_runner_gradient_matches_finite_differences() {
     let batch = plan.batch_size(&args).unwrap();
     assert!(!plan.runs_tiled(batch, true));
     whole.forward(&plan, &args, batch).unwrap();
-    whole.backward(&plan, &args, batch, Seed::Ones);
+    whole.backward(&plan, &args, batch, Seed::Ones).unwrap();
     let loss = whole.output(&plan, &args, batch)[0];
     assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
     let mut grad = vec![f64::NAN; P];
@@ -144,7 +144,7 @@ fn tiled_runner_matches_finite_differences_and_the_whole_runner() {
         // The same replay untiled, on fresh buffers.
         let mut untiled = Whole::new(&plan).unwrap();
         untiled.forward(&plan, &args, n).unwrap();
-        untiled.backward(&plan, &args, n, Seed::Ones);
+        untiled.backward(&plan, &args, n, Seed::Ones).unwrap();
         let mut grad_untiled = vec![0.0; P];
         untiled.write_grads(&plan, &mut [&mut grad_untiled]);
         assert_close(&grad, &grad_untiled, 1e-12);

@@ -330,8 +330,15 @@ def test_bad_input_gives_clear_errors():
         model(np.zeros(3))
     with pytest.raises(ValueError, match="targets Y must have 4 rows"):
         model.value_and_grad(np.zeros((4, 3)), np.zeros((5, 2)), loss="mse")
-    with pytest.raises(ValueError, match="only cross_entropy takes"):
+    with pytest.raises(ValueError, match=r"'mse' needs targets Y of shape \(N, 2\).*got shape \(4,\)"):
         model.value_and_grad(np.zeros((4, 3)), np.zeros(4), loss="mse")
+    # A target width that does not match the outputs would broadcast: refused for every loss
+    # that knows its targets' shape.
+    for loss in ("sse", "mse", "bce_logits", "cross_entropy"):
+        with pytest.raises(ValueError, match=r"needs targets Y of shape \(N, 2\).*\(4, 3\)"):
+            model.value_and_grad(np.zeros((4, 3)), np.zeros((4, 3)), loss=loss)
+    with pytest.raises(ValueError, match=r"'mse' needs targets Y.*call with \(X, Y\)"):
+        model.fit(np.zeros((4, 3)), loss="mse")
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         model.value_and_grad(np.zeros((4, 3)), np.zeros((4, 2)), loss="hinge")
     with pytest.raises(ValueError, match='wrt must be "params" or "input"'):

@@ -199,8 +199,8 @@ def test_training_errors_are_clear():
         fa.SGD(0.1, nesterov=True)
     opt = fa.Adam()
     model.fit(X, Y, optimizer=opt, epochs=1)
-    other = fa.Chain(fa.Dense(1, 3), dtype=np.float64)
-    with pytest.raises(ValueError, match="holds state for 97 float64 parameters, not 6 float64"):
+    other = fa.Chain(fa.Dense(1, 2), fa.Dense(2, 1), dtype=np.float64)
+    with pytest.raises(ValueError, match="holds state for 97 float64 parameters, not 7 float64"):
         other.fit(X, Y, optimizer=opt)
     p = model.params.copy()
     with pytest.raises(ValueError, match="params must be a vector"):

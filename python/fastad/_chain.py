@@ -9,6 +9,7 @@ methods here hand over to them.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from . import _curvature, _model_file, _ops, _optim, _training
 from ._compile import compile, spec
 from ._dense import Dense
-from ._losses import Loss as _LossObject, cross_entropy, resolve
+from ._losses import Loss as _LossObject, resolve
 
 Loss = Union[str, _LossObject, Callable[..., Any]]
 
@@ -63,7 +64,11 @@ class Chain:
             layer._bind(self._params, offset, rng, init)
             offset += layer.n_params
         self._programs: Dict[Any, Any] = {}
-        self._scratch: Dict[Any, np.ndarray] = {}  # reused buffers of the curvature methods
+        # Reused tile buffers of the curvature methods, one set per thread: calls from several
+        # threads at once must not share them.
+        self._scratch = threading.local()
+        # Held by `fit`: two trainings of one model's parameters run one after the other.
+        self._training = threading.Lock()
 
     # Parameters ---------------------------------------------------------------------------------
 
@@ -140,12 +145,6 @@ class Chain:
         if prog is not None:  # the per-call path: a program is only stored once checked
             return prog
         loss_fn = resolve(loss)
-        if Y is not None and Y.ndim == 1 and loss_fn.hessian_factor is not None \
-                and loss_fn is not cross_entropy:
-            raise ValueError(
-                f"targets Y of shape {Y.shape} look like class labels, which only "
-                f"cross_entropy takes; {loss_fn.name} needs Y of shape (N, {self.out_features})"
-            )
 
         def objective(p, X, *y):
             pred = self.apply(p, X)
@@ -162,14 +161,16 @@ class Chain:
 
         return self._program(key, build)
 
-    def _loss_args(self, X: Any, Y: Any):
+    def _loss_args(self, X: Any, Y: Any, loss: Loss):
+        """The arguments of the loss program, (params, X[, Y]), and Y as `loss` takes it."""
         X = self._x(X)
-        if Y is None:
-            return (self._params, X), None
-        Y = np.asarray(Y)
-        if Y.ndim == 0 or Y.ndim > 2 or Y.shape[0] != X.shape[0]:
-            raise ValueError(f"targets Y must have {X.shape[0]} rows like X; got shape {Y.shape}")
-        return (self._params, X, Y), Y
+        if Y is not None:
+            Y = np.asarray(Y)
+            if Y.ndim == 0 or Y.ndim > 2 or Y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"targets Y must have {X.shape[0]} rows like X; got shape {Y.shape}")
+        Y = resolve(loss).check_targets(Y, self.out_features)
+        return ((self._params, X) if Y is None else (self._params, X, Y)), Y
 
     def loss(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0) -> float:
         """The loss of the network's outputs on X (against targets Y, when the loss takes them).
@@ -179,20 +180,20 @@ class Chain:
         function ``loss(pred, Y)`` (``loss(pred)`` without Y). `l2` = λ adds ½·λ²·Σθ² (the weight
         penalty of seed 002).
         """
-        args, Y = self._loss_args(X, Y)
+        args, Y = self._loss_args(X, Y, loss)
         return self._loss_program(loss, Y, l2)(*args)
 
     def value_and_grad(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0,
                        out: Optional[np.ndarray] = None) -> Union[float, Tuple[float, np.ndarray]]:
         """The loss (see `loss`) and its gradient with respect to ``params``: writes the gradient
         into `out` (P,) and returns the value, or returns ``(value, gradient)`` without `out`."""
-        args, Y = self._loss_args(X, Y)
+        args, Y = self._loss_args(X, Y, loss)
         return self._loss_program(loss, Y, l2).value_and_grad(*args, out=out)
 
     def grad(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0,
              out: Optional[np.ndarray] = None) -> np.ndarray:
         """The gradient of the loss (see `loss`) with respect to ``params``, (P,)."""
-        args, Y = self._loss_args(X, Y)
+        args, Y = self._loss_args(X, Y, loss)
         return self._loss_program(loss, Y, l2).grad(*args, out=out)
 
     def per_sample_grads(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
@@ -201,7 +202,7 @@ class Chain:
         b's own loss, ``loss(model(X[b:b+1]), Y[b:b+1])``, from one batched forward and reverse
         pass (each layer's closed form: weight δ_b a_bᵀ, bias δ_b). `loss` as in `loss`; a
         custom loss must be a sum or mean of per-sample terms."""
-        args, Y = self._loss_args(X, Y)
+        args, Y = self._loss_args(X, Y, loss)
         return self._loss_program(loss, Y, 0.0).per_sample_grad(*args, out=out)
 
     def vjp(self, X: Any, cotangent: Any, *, wrt: str = "params",
@@ -220,7 +221,7 @@ class Chain:
 
     # Training, model files ---------------------------------------------------------------------
 
-    def fit(self, X: Any, Y: Any = None, *, loss: Loss = "mse",
+    def fit(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
             optimizer: Optional["_optim.Optimizer"] = None, epochs: int = 1, batch_size: int = 32,
             shuffle: bool = True, seed: int = 0, l2: float = 0.0, progress: bool = False,
             callback: Optional[Callable[[int, float], Any]] = None) -> np.ndarray:
@@ -231,7 +232,13 @@ class Chain:
         the order ``fa.epoch_order(N, seed, epoch)`` (or in order with ``shuffle=False``), in
         batches of `batch_size` (the last one may be smaller), one `optimizer` update per batch
         (default ``fa.Adam()``; its state carries over between calls). The loss of an epoch is
-        the mean of its batch losses weighted by batch size. `loss` and `l2` as in `loss`.
+        the mean of its batch losses weighted by batch size. `loss` and `l2` as in `loss`
+        (the default is "sse", as for every method; pass ``loss="mse"`` for a mean).
+
+        Ctrl-C stops training within about 0.1 s, after a whole update: ``params`` and the
+        optimiser's state are those of the last completed step, and the ``KeyboardInterrupt``
+        raised carries the completed epochs' losses as its ``losses`` attribute. Two `fit` calls
+        on one model from different threads run one after the other.
 
         ``progress=True`` shows a progress bar with the current loss (tqdm when installed).
         ``callback(epoch, loss)`` is called after every epoch; returning True stops training.

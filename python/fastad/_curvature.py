@@ -83,10 +83,11 @@ def _tiles(model: Any, n: int, rows_per_sample: int) -> Rows:
     p = model.n_params
     elements = getattr(model, "_TILE_ELEMENTS", TILE_ELEMENTS)
     t = max(1, min(n, elements // max(1, rows_per_sample * p)))
+    tiles = model._scratch.__dict__  # this thread's own buffers
     key = ("tile", t * rows_per_sample)
-    buf = model._scratch.get(key)
+    buf = tiles.get(key)
     if buf is None:
-        buf = model._scratch[key] = np.empty((t * rows_per_sample, p), model.dtype)
+        buf = tiles[key] = np.empty((t * rows_per_sample, p), model.dtype)
     for r0 in range(0, n, t):
         r1 = min(n, r0 + t)
         yield r0, r1, buf[:(r1 - r0) * rows_per_sample]
@@ -115,7 +116,7 @@ def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
             f"the built-in losses {sorted(LOSSES)}; got {loss!r}. kind='empirical' takes any "
             f"loss that is a sum or mean of per-sample terms"
         )
-    args, Y = model._loss_args(X, Y)
+    args, Y = model._loss_args(X, Y, loss)
     X = args[1]
     prog = model._loss_program(loss, Y, 0.0)  # checks the loss and targets up front
     n, K = X.shape[0], model.out_features

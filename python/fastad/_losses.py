@@ -24,15 +24,41 @@ class Loss:
     built-in ones) the factor of its Hessian with respect to one sample's outputs."""
 
     def __init__(self, name: str, fn: Callable[..., Tracer],
-                 hessian_factor: Optional[HessianFactor] = None, doc: str = "") -> None:
+                 hessian_factor: Optional[HessianFactor] = None, doc: str = "",
+                 targets: Optional[str] = None) -> None:
         self.name = name
         self.fn = fn
         self.hessian_factor = hessian_factor
         self.__doc__ = doc or fn.__doc__
         self.__name__ = name
+        # What the built-in losses take as targets: "optional" (sse), "required" (one value per
+        # output), "labels" (cross_entropy: class labels too); None for functions of one's own,
+        # whose targets are theirs to check.
+        self.targets = targets
 
     def __call__(self, pred: Tracer, *target: Any) -> Tracer:
         return self.fn(pred, *target)
+
+    def check_targets(self, Y: Optional[np.ndarray], K: int) -> Optional[np.ndarray]:
+        """`Y` (N rows, checked by the caller) as this loss takes it for a model of K outputs:
+        (N, K), or labels (N,) for cross_entropy; (N,) for K = 1 becomes (N, 1). Raises a
+        ValueError naming the shape otherwise, and for missing targets it needs."""
+        if self.targets is None:
+            return Y
+        if Y is None:
+            if self.targets == "optional":
+                return None
+            raise ValueError(f"loss {self.name!r} needs targets Y of shape (N, {K}): "
+                             f"call with (X, Y)")
+        if Y.ndim == 1 and self.targets == "labels":
+            return Y
+        if Y.ndim == 1 and K == 1:
+            return Y.reshape(-1, 1)
+        if Y.ndim != 2 or Y.shape[1] != K:
+            labels = " or class labels (N,)" if self.targets == "labels" else ""
+            raise ValueError(f"loss {self.name!r} needs targets Y of shape (N, {K}){labels} for "
+                             f"a model with {K} outputs; got shape {Y.shape}")
+        return Y
 
     def __repr__(self) -> str:
         return f"fa.{self.name}"
@@ -108,10 +134,10 @@ def _cross_entropy_factor(outputs, Y, n, K):
         yield C
 
 
-sse = Loss("sse", _sse, _squares_factor(lambda K: 2.0))
-mse = Loss("mse", _mse, _squares_factor(lambda K: 2.0 / K))
-cross_entropy = Loss("cross_entropy", _cross_entropy, _cross_entropy_factor)
-bce_logits = Loss("bce_logits", _bce_logits, _bce_factor)
+sse = Loss("sse", _sse, _squares_factor(lambda K: 2.0), targets="optional")
+mse = Loss("mse", _mse, _squares_factor(lambda K: 2.0 / K), targets="required")
+cross_entropy = Loss("cross_entropy", _cross_entropy, _cross_entropy_factor, targets="labels")
+bce_logits = Loss("bce_logits", _bce_logits, _bce_factor, targets="required")
 
 LOSSES: Dict[str, Loss] = {l.name: l for l in (sse, mse, cross_entropy, bce_logits)}
 

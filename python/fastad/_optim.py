@@ -121,6 +121,10 @@ def from_state(state: Dict[str, Any]) -> Optimizer:
 def optional(opt: Optional[Optimizer]) -> Optimizer:
     if opt is None:
         return Adam()
+    if isinstance(opt, type) and issubclass(opt, Optimizer):
+        raise TypeError(f"optimizer must be an optimizer object: pass fa.{opt.__name__}() (an "
+                        f"instance, which keeps the state), not the class fa.{opt.__name__}")
     if not isinstance(opt, Optimizer):
-        raise TypeError(f"optimizer must be a fa.SGD, fa.Adam or fa.AdamW, got {type(opt).__name__}")
+        raise TypeError(f"optimizer must be a fa.SGD, fa.Adam or fa.AdamW object, got "
+                        f"{opt!r} of type {type(opt).__name__}")
     return opt

@@ -17,7 +17,8 @@ Shape = Tuple[Optional[int], ...]
 
 _FIXED_GRAPH = (
     "fastad traces a fixed graph: a traced array has no value while tracing, so it cannot "
-    "decide a Python `if`, `while`, `and`/`or`, a comparison or bool(). Write the function "
+    "decide a Python `if`, `while`, `and`/`or`, a comparison (==, <, ...), `in` or bool(). "
+    "Write the function "
     "without branching on traced values (e.g. with fa.maximum, fa.minimum, fa.relu)."
 )
 
@@ -126,9 +127,11 @@ class Tracer:
         return self._new(self._graph.reduce(name, self._id, axis, keepdims))
 
     def reshape(self, *shape) -> "Tracer":
+        """The same elements in a new shape, as NumPy's: ``None`` stands for the batch axis and
+        one ``-1`` for the dimension the others leave."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return self._new(self._graph.reshape(self._id, list(shape)))
+        return self._new(self._graph.reshape(self._id, _resolve_reshape(self.shape, shape)))
 
     def __getitem__(self, index) -> "Tracer":
         """``x[a:b]`` of a fixed-length 1-D traced array (step 1): a contiguous slice."""
@@ -149,6 +152,9 @@ class Tracer:
 
     # A traced value cannot steer Python control flow.
     def __bool__(self): raise TypeError(_FIXED_GRAPH)
+    def __eq__(self, o): raise TypeError(_FIXED_GRAPH)
+    def __ne__(self, o): raise TypeError(_FIXED_GRAPH)
+    def __contains__(self, o): raise TypeError(_FIXED_GRAPH)
     def __lt__(self, o): raise TypeError(_FIXED_GRAPH)
     def __le__(self, o): raise TypeError(_FIXED_GRAPH)
     def __gt__(self, o): raise TypeError(_FIXED_GRAPH)
@@ -174,6 +180,31 @@ class Tracer:
         raise TypeError("iterating over a traced array is not supported: fastad programs are whole-array")
 
     __hash__ = object.__hash__
+
+
+def _resolve_reshape(old: Shape, shape) -> list:
+    """`shape` for `reshape` with its one -1 (if any) resolved from `old`'s elements; each entry
+    an int ≥ 0, None (the batch axis) or -1, checked here so nothing wraps in the core."""
+    dims = []
+    for d in shape:
+        if d is None:
+            dims.append(None)
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool) and int(d) >= -1:
+            dims.append(int(d))
+        else:
+            raise TypeError(
+                f"reshape takes ints ≥ 0, one -1 or None (the batch axis); got {d!r} in {tuple(shape)}"
+            )
+    if dims.count(-1) > 1:
+        raise ValueError(f"reshape can infer only one dimension (-1); got {tuple(shape)}")
+    if -1 in dims:
+        fixed = [d for d in old if d is not None]
+        known = [d for d in dims if d is not None and d != -1]
+        total, rest = int(np.prod(fixed, dtype=object)), int(np.prod(known, dtype=object))
+        if rest == 0 or total % rest:
+            raise ValueError(f"cannot reshape an array of shape {old} into shape {tuple(shape)}")
+        dims[dims.index(-1)] = total // rest
+    return dims
 
 
 def _ufunc_unary(name):

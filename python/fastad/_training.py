@@ -11,7 +11,7 @@ from ._fastad import fit_epochs
 from ._progress import Progress
 
 
-def fit(model: Any, X: Any, Y: Any = None, *, loss: Any = "mse",
+def fit(model: Any, X: Any, Y: Any = None, *, loss: Any = "sse",
         optimizer: Optional["_optim.Optimizer"] = None, epochs: int = 1, batch_size: int = 32,
         shuffle: bool = True, seed: int = 0, l2: float = 0.0, progress: bool = False,
         callback: Optional[Callable[[int, float], Any]] = None) -> np.ndarray:
@@ -22,23 +22,43 @@ def fit(model: Any, X: Any, Y: Any = None, *, loss: Any = "mse",
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     opt = _optim.optional(optimizer)
-    args, Yc = model._loss_args(X, Y)
+    args, Yc = model._loss_args(X, Y, loss)
     X = np.ascontiguousarray(args[1], model.dtype)  # converted once, not per epoch
     if Yc is not None:
         Yc = np.ascontiguousarray(Yc, model.dtype)
     prog = model._loss_program(loss, Yc, l2)
     losses = np.full(int(epochs), np.nan)
 
-    def run(first: int, count: int) -> None:
-        fit_epochs(prog, model.params, X, Yc, opt._core, count, int(batch_size),
-                   bool(shuffle), int(seed) % 2**64, first, losses[first:first + count])
+    completed = 0  # epochs whose loss is in `losses`
 
+    def run(first: int, count: int) -> None:
+        nonlocal completed
+        try:
+            fit_epochs(prog, model.params, X, Yc, opt._core, count, int(batch_size),
+                       bool(shuffle), int(seed) % 2**64, first, losses[first:first + count])
+        except KeyboardInterrupt as e:
+            completed = first + getattr(e, "epochs_completed", 0)
+            raise
+        completed = first + count
+
+    # One training of the model's parameters at a time; Ctrl-C stops the core loop after a
+    # whole update and raises KeyboardInterrupt carrying the completed epochs' losses.
+    with model._training:
+        try:
+            return _epochs(run, losses, int(epochs), progress, callback)
+        except KeyboardInterrupt as e:
+            e.losses = losses[:completed].copy()
+            raise
+
+
+def _epochs(run: Callable[[int, int], None], losses: np.ndarray, epochs: int, progress: bool,
+            callback: Optional[Callable[[int, float], Any]]) -> np.ndarray:
     if not progress and callback is None:
-        run(0, int(epochs))
+        run(0, epochs)
         return losses
-    bar = Progress(int(epochs)) if progress else None
+    bar = Progress(epochs) if progress else None
     try:
-        for e in range(int(epochs)):
+        for e in range(epochs):
             run(e, 1)
             if bar is not None:
                 bar.update(losses[e])

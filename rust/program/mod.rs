@@ -148,7 +148,6 @@ impl<T: Float> Program<T> {
                 .run(plan, whole, args, batch, sweeps, OutputRows::Table);
         }
         whole.forward(plan, args, batch)?;
-        whole.backward(plan, args, batch, seed);
-        Ok(())
+        whole.backward(plan, args, batch, seed)
     }
 }

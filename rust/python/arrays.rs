@@ -5,10 +5,7 @@ use super::errors::to_py_err;
 use crate::error::Error;
 use crate::float::Float;
 use crate::shape::{fmt_dims, BatchSize, Shape};
-use numpy::{
-    Element, PyArrayDescr, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
-};
+use numpy::{Element, PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use smallvec::SmallVec;
@@ -50,7 +47,7 @@ impl OutView<'_> {
     }
 }
 
-fn data_ptr(a: &Bound<'_, PyUntypedArray>) -> *mut u8 {
+pub(crate) fn data_ptr(a: &Bound<'_, PyUntypedArray>) -> *mut u8 {
     // SAFETY: a live ndarray object.
     unsafe { (*a.as_array_ptr()).fields.data as *mut u8 }
 }
@@ -176,16 +173,66 @@ pub(crate) fn out_view<'py, T: Float + Element>(
     })
 }
 
-/// A new zeroed array of `T`, for results the caller did not give an `out=` for.
-pub(crate) fn new_out<'py, T: Float + Element>(py: Python<'py>, dims: &[usize]) -> OutView<'py> {
-    let a = numpy::PyArray::<T, numpy::IxDyn>::zeros(py, dims, false);
-    let u = a.as_untyped();
-    OutView {
-        ptr: data_ptr(u),
-        len: u.len(),
-        bytes: u.len() * size_of::<T>(),
-        array: a.into_any(),
+/// A new zeroed C-ordered array of `E`. An array NumPy cannot make, too large for memory or
+/// for its size type, is a `MemoryError` naming its shape and bytes, never a panic.
+pub(crate) fn zeros<'py, E: Element>(
+    py: Python<'py>,
+    dims: &[usize],
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let item = size_of::<E>() as u128;
+    let bytes = dims.iter().fold(item, |b, &d| b.saturating_mul(d as u128));
+    // NumPy refuses shapes whose nonzero dimensions overflow its size type, even when empty.
+    let span = dims
+        .iter()
+        .fold(item, |b, &d| b.saturating_mul(d.max(1) as u128));
+    let too_large = || {
+        to_py_err(Error::OutOfMemory {
+            what: format!("an array of shape {}", fmt_dims(dims)),
+            bytes,
+        })
+    };
+    if span > isize::MAX as u128 {
+        return Err(too_large());
     }
+    let mut shape: SmallVec<[numpy::npyffi::npy_intp; 4]> =
+        dims.iter().map(|&d| d as numpy::npyffi::npy_intp).collect();
+    // SAFETY: `shape` holds `dims.len()` valid dimensions; the descriptor reference is stolen
+    // by PyArray_Zeros, which returns a new reference or null with a Python error set.
+    let ptr = unsafe {
+        numpy::npyffi::PY_ARRAY_API.PyArray_Zeros(
+            py,
+            shape.len() as std::os::raw::c_int,
+            shape.as_mut_ptr(),
+            E::get_dtype(py).into_dtype_ptr(),
+            0,
+        )
+    };
+    if ptr.is_null() {
+        let err = PyErr::take(py).unwrap_or_else(too_large);
+        return Err(
+            if err.is_instance_of::<pyo3::exceptions::PyMemoryError>(py) {
+                too_large()
+            } else {
+                err
+            },
+        );
+    }
+    // SAFETY: a new reference to an ndarray.
+    Ok(unsafe { Bound::from_owned_ptr(py, ptr).cast_into_unchecked() })
+}
+
+/// A new zeroed array of `T`, for results the caller did not give an `out=` for.
+pub(crate) fn new_out<'py, T: Float + Element>(
+    py: Python<'py>,
+    dims: &[usize],
+) -> PyResult<OutView<'py>> {
+    let a = zeros::<T>(py, dims)?;
+    Ok(OutView {
+        ptr: data_ptr(&a),
+        len: a.len(),
+        bytes: a.len() * size_of::<T>(),
+        array: a.into_any(),
+    })
 }
 
 fn overlap(p: *const u8, n: usize, q: *const u8, m: usize) -> bool {

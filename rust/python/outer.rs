@@ -1,7 +1,7 @@
 //! `fa.outer`, `fa.outer_sum`, `fa.outer_diag`: argument checks around `crate::outer`.
 use super::arrays::{check_no_aliasing, input_view, new_out, out_view, OutName};
 use super::dtype::{by_dtype, Dtype};
-use super::errors::to_py_err;
+use super::errors::{run_detached, to_py_err};
 use crate::error::Error;
 use crate::float::Float;
 use crate::shape::{fmt_dims, BatchSize, Shape};
@@ -80,18 +80,21 @@ fn run<'py, T: Float + Element>(
                 "accumulate=True adds to out=, so it needs out".into(),
             )))
         }
-        None => new_out::<T>(py, &dims),
+        None => new_out::<T>(py, &dims)?,
     };
     check_no_aliasing(std::slice::from_ref(&gv), &|_| "G".into(), &[&ov], &|_| {
         OutName::Plain("out")
     })?;
     // SAFETY: both views were checked for T, and do not overlap.
     let (gs, os) = unsafe { (gv.slice::<T>(), ov.slice::<T>()) };
-    py.detach(|| match kind {
-        Kind::Each { packed } => crate::outer::outer(gs, n, p, os, packed),
-        Kind::Sum { accumulate } => crate::outer::outer_sum(gs, n, p, os, accumulate),
-        Kind::Diag { accumulate } => crate::outer::outer_diag(gs, n, p, os, accumulate),
-    });
+    run_detached(py, || {
+        match kind {
+            Kind::Each { packed } => crate::outer::outer(gs, n, p, os, packed),
+            Kind::Sum { accumulate } => crate::outer::outer_sum(gs, n, p, os, accumulate),
+            Kind::Diag { accumulate } => crate::outer::outer_diag(gs, n, p, os, accumulate),
+        };
+        Ok(())
+    })?;
     Ok(ov.array)
 }
 

@@ -2,7 +2,7 @@
 //! checked and viewed in place, the GIL is released, and the core replays into the views.
 use super::arrays::{check_no_aliasing, input_view, new_out, out_view, InView, OutName, OutView};
 use super::dtype::{typed, Dtype, Typed};
-use super::errors::to_py_err;
+use super::errors::{run_detached, to_py_err};
 use super::graph::{shape_to_py, Graph};
 use crate::float::Float;
 use crate::plan::{arg_label, check_arity, check_scalar, Plan};
@@ -268,7 +268,7 @@ impl Program {
             .collect();
         let value_slice: Option<&mut [T]> = views.value.as_ref().map(|v| unsafe { v.slice::<T>() });
         let work = SendPtr((&in_slices, &mut grads, value_slice));
-        let result: crate::Result<T> = py.detach(move || {
+        let value = run_detached(py, move || {
             let SendPtr((in_slices, grads, value_slice)) = work;
             let mut p = program.lock().unwrap_or_else(|e| e.into_inner());
             let args = &in_slices[..n_args];
@@ -288,7 +288,7 @@ impl Program {
             }
         });
         drop((in_slices, grads));
-        let value = result.map_err(to_py_err)?;
+        let value = value?;
         self.result(py, mode, value, views, out)
     }
 
@@ -340,7 +340,7 @@ impl Program {
                 let mut v = SmallVec::new();
                 v.push(match out {
                     Some(o) => out_view::<T>(o, OutName::Plain("out"), &shape)?,
-                    None => new_out::<T>(py, &shape),
+                    None => new_out::<T>(py, &shape)?,
                 });
                 v
             }
@@ -350,7 +350,7 @@ impl Program {
         let value = match (mode, out, value_out) {
             (Mode::Value, Some(o), _) => Some(out_view::<T>(o, OutName::Plain("out"), &output)?),
             (Mode::Value, None, _) if self.output_shape.rank() != 0 => {
-                Some(new_out::<T>(py, &output))
+                Some(new_out::<T>(py, &output)?)
             }
             (Mode::Vjp, _, Some(v)) => {
                 Some(out_view::<T>(v, OutName::Plain("value_out"), &output)?)
@@ -388,7 +388,7 @@ impl Program {
         match out {
             None => {
                 for &w in &self.wrt {
-                    views.push(new_out::<T>(py, &shape_of(w)));
+                    views.push(new_out::<T>(py, &shape_of(w))?);
                 }
             }
             Some(o) if !self.wrt_tuple => views.push(out_view::<T>(

@@ -1,8 +1,8 @@
 //! `Optimizer` (the state behind `fa.SGD`, `fa.Adam`, `fa.AdamW`) and `fit_epochs`, the training
 //! loop: argument checks around `crate::optim` and `crate::train`; the loop runs without the GIL.
-use super::arrays::{check_no_aliasing, input_view, new_out, out_view, OutName};
+use super::arrays::{check_no_aliasing, data_ptr, input_view, new_out, out_view, zeros, OutName};
 use super::dtype::{by_dtype, typed, Dtype, Typed};
-use super::errors::to_py_err;
+use super::errors::{run_detached, to_py_err};
 use super::program::{Locked, Program, SendPtr};
 use crate::error::Error;
 use crate::float::Float;
@@ -11,6 +11,7 @@ use crate::shape::{fmt_dims, BatchSize, Shape};
 use crate::train::{Dataset, Schedule, Trainer};
 use numpy::{Element, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 type Optimizers = Typed<crate::Optimizer<f32>, crate::Optimizer<f64>>;
@@ -187,16 +188,18 @@ impl Optimizer {
 
     /// A copy of the state buffers, (buffers_per_param · P,), or None before the first step
     /// (and for plain SGD, which keeps none).
-    fn state_buffers<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        fn copy<'py, T: Float + Element>(py: Python<'py>, s: &[T]) -> Bound<'py, PyAny> {
-            let out = new_out::<T>(py, &[s.len()]);
+    fn state_buffers<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        fn copy<'py, T: Float + Element>(py: Python<'py>, s: &[T]) -> PyResult<Bound<'py, PyAny>> {
+            let out = new_out::<T>(py, &[s.len()])?;
             // SAFETY: a new array of T, s.len() long.
             unsafe { out.slice::<T>() }.copy_from_slice(s);
-            out.array
+            Ok(out.array)
         }
         match &*self.lock() {
-            State::Ready(o) => typed!(o, o => (!o.state.is_empty()).then(|| copy(py, &o.state))),
-            State::Fresh { .. } => None,
+            State::Ready(o) => {
+                typed!(o, o => (!o.state.is_empty()).then(|| copy(py, &o.state)).transpose())
+            }
+            State::Fresh { .. } => Ok(None),
         }
     }
 
@@ -385,7 +388,9 @@ impl Run<'_, '_> {
         let y = inputs.get(1).map(|v| unsafe { v.slice::<T>() });
         let (schedule, first, epochs) = (self.schedule, self.first_epoch, self.epochs);
         let work = SendPtr((params, losses, x, y, opt));
-        let result = self.params.py().detach(move || -> crate::Result<()> {
+        let completed = AtomicUsize::new(0);
+        let py = self.params.py();
+        let result = run_detached(py, || -> crate::Result<()> {
             let SendPtr((params, losses, x, y, opt)) = work;
             let mut program = program.lock().unwrap_or_else(|e| e.into_inner());
             let data = Dataset { x, y, rows };
@@ -399,18 +404,32 @@ impl Run<'_, '_> {
                     first + e as u64,
                     opt,
                 )?;
+                completed.store(e + 1, Ordering::Relaxed);
             }
             Ok(())
         });
-        result.map_err(to_py_err)
+        // An interrupted run tells the caller how many epochs' losses it wrote.
+        result.inspect_err(|e| {
+            if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+                let done = completed.load(Ordering::Relaxed);
+                let _ = e.value(py).setattr("epochs_completed", done);
+            }
+        })
     }
 }
 
 /// The sample order `fit(..., shuffle=True, seed=seed)` uses in epoch `epoch` (0-based), as an
 /// int64 array: for reproducing a run outside fastad.
 #[pyfunction]
-pub fn epoch_order<'py>(py: Python<'py>, n: usize, seed: u64, epoch: u64) -> Bound<'py, PyAny> {
-    let mut order = vec![0usize; n];
-    crate::train::epoch_order(&mut order, seed, epoch);
-    numpy::PyArray1::<i64>::from_iter(py, order.iter().map(|&o| o as i64)).into_any()
+pub fn epoch_order<'py>(
+    py: Python<'py>,
+    n: usize,
+    seed: u64,
+    epoch: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = zeros::<i64>(py, &[n])?;
+    // SAFETY: a new C-contiguous array of n int64, which have usize's size and alignment here.
+    let order = unsafe { std::slice::from_raw_parts_mut(data_ptr(&out) as *mut usize, n) };
+    crate::train::epoch_order(order, seed, epoch);
+    Ok(out.into_any())
 }

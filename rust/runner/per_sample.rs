@@ -32,7 +32,7 @@ pub fn per_sample_grad<T: Float>(
     }
     // The batch's reverse sweep, untiled: each product's adjoint rows are needed whole.
     whole.forward(plan, args, batch)?;
-    whole.backward(plan, args, batch, Seed::Ones);
+    whole.backward(plan, args, batch, Seed::Ones)?;
     // The loss, or the sum of the per-sample losses.
     let loss = whole
         .output(plan, args, batch)

@@ -19,6 +19,7 @@ use crate::runner::whole::Whole;
 use crate::runner::workspace::largest;
 use crate::sweep::{backward_step, forward_step, value, Frame};
 use smallvec::SmallVec;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The private buffers of one thread's tiles.
 #[derive(Debug)]
@@ -161,6 +162,7 @@ impl<T: Float> Tiled<T> {
                 input_adjoints: &shared_inputs,
             };
             let tasks_ptr = SharedMut::new(&mut self.tasks[..tasks]);
+            let stop = AtomicBool::new(false);
             let run_task = |t: usize| {
                 // SAFETY: task t alone uses tasks[t].
                 let task = unsafe { &mut tasks_ptr.range(t..t + 1)[0] };
@@ -176,7 +178,16 @@ impl<T: Float> Tiled<T> {
                     }
                 }
                 for tile in crate::parallel::split(n_tiles, tasks, t) {
-                    if let Err(e) = job.sweep_tile(task, tile * tile_rows) {
+                    // The caller's thread polls for Ctrl-C; the others see its stop here.
+                    let polled = crate::interrupt::poll();
+                    if polled.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    let swept = polled.and_then(|()| match stop.load(Ordering::Relaxed) {
+                        true => Err(Error::Interrupted),
+                        false => job.sweep_tile(task, tile * tile_rows),
+                    });
+                    if let Err(e) = swept {
                         task.error = Some(e);
                         return;
                     }

@@ -96,12 +96,19 @@ impl<T: Float> Whole<T> {
         let frame = Frame::new(&plan.steps, args, batch);
         for i in 0..plan.steps.len() {
             forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
+            crate::interrupt::poll()?;
         }
         Ok(())
     }
 
     /// The reverse sweep from the output, after `forward` with the same arguments.
-    pub fn backward(&mut self, plan: &Plan<T>, args: &[&[T]], batch: usize, seed: Seed<T>) {
+    pub fn backward(
+        &mut self,
+        plan: &Plan<T>,
+        args: &[&[T]],
+        batch: usize,
+        seed: Seed<T>,
+    ) -> Result<()> {
         for (s, adj) in plan.steps.iter().zip(self.adjoints.iter_mut()) {
             if s.needs_grad && !s.first_write {
                 adj[..s.shape.len(batch)].fill(T::zero());
@@ -109,7 +116,7 @@ impl<T: Float> Whole<T> {
         }
         let out = plan.output;
         if !plan.steps[out].needs_grad {
-            return;
+            return Ok(());
         }
         let seeded = &mut self.adjoints[out][..plan.steps[out].shape.len(batch)];
         match seed {
@@ -126,8 +133,10 @@ impl<T: Float> Whole<T> {
                     i,
                     &mut self.gemm.buf,
                 );
+                crate::interrupt::poll()?;
             }
         }
+        Ok(())
     }
 
     /// The output's value after a replay with these arguments.
