@@ -17,8 +17,11 @@ module reads and writes the format; ``fa.load`` (in `_chain.py`) builds the Chai
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import zipfile
+import zlib
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import numpy as np
@@ -69,72 +72,172 @@ def save(model: Any, path: Any, optimizer: Optional[_optim.Optimizer] = None) ->
 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
+            os.fchmod(f.fileno(), mode)  # mkstemp's 0600 would otherwise replace the file's mode
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
     except BaseException:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # the original error is the one to report
         raise
+
+
+def _mode_for(path: str) -> int:
+    """The permission bits a saved file gets: those of the file it replaces, else what a new file
+    gets under the umask (read from /proc, as changing the umask to read it is not thread-safe)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        pass
+    umask = None
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+    except OSError:
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+_MEMBERS = ("header", "params", "optimizer_buffers")
+# A member's uncompressed size can be at most this many times its compressed size (deflate's
+# limit is about 1032:1); beyond that, a declared size is a lie.
+_MAX_RATIO = 1100
 
 
 def read(path: Any) -> Contents:
     """The validated contents of a model file written by `save`; ``fa.FormatError`` naming the
-    problem for anything else. Never executes anything from the file."""
+    problem for anything else. Never executes anything from the file, and allocates only what
+    the archive's members really hold: every declared size is checked first."""
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise FormatError(f"{path}: a single .npy array, not a fastad model archive")
-            names = set(z.files)
-            for required in ("header", "params"):
-                if required not in names:
-                    raise FormatError(f"{path}: no {required!r} array; not a fastad model file")
-            header = _header(path, z["header"])
-            params = z["params"]
-            buffers = z["optimizer_buffers"] if "optimizer_buffers" in names else None
-    except (FileNotFoundError, IsADirectoryError, PermissionError, FormatError):
-        raise
-    except Exception as e:  # zip, zlib, npy or value errors: corrupt or truncated
-        raise FormatError(f"{path}: not a readable fastad model file ({type(e).__name__}: {e})") from e
+    with open(path, "rb") as f:
+        magic = f.read(6)
+        size = os.fstat(f.fileno()).st_size
+        if magic[:4] != b"PK\x03\x04":
+            what = ("a single .npy array" if magic == b"\x93NUMPY" else
+                    "empty" if not magic else "not a zip archive")
+            raise FormatError(f"{path}: {what}; expected a fastad model file (an .npz archive "
+                              f"written by fa.save)")
+        try:
+            with zipfile.ZipFile(f) as z:
+                members = _members(path, z, size)
+                header = _header(path, _array(path, z, members["header"], np.dtype(np.uint8),
+                                              None, _MAX_HEADER))
+                dtype, layers, n_params = _layers(path, header)
+                state = _optimizer_header(path, header)
+                params = _array(path, z, members.get("params"), np.dtype(dtype), (n_params,))
+                buffers = None
+                if "optimizer_buffers" in members:
+                    per = _optimizer_buffers_per_param(path, state)
+                    buffers = _array(path, z, members["optimizer_buffers"], np.dtype(dtype),
+                                     (per * n_params,))
+        except FormatError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+                NotImplementedError, zlib.error) as e:  # corrupt or truncated
+            raise FormatError(f"{path}: not a readable fastad model file "
+                              f"({type(e).__name__}: {e})") from e
 
-    dtype, layers = _layers(path, header, params)
     opt = None
-    if "optimizer" in header:
-        state = header["optimizer"]
-        if not isinstance(state, dict) or not isinstance(state.get("hyper", {}), dict):
-            raise FormatError(f"{path}: malformed optimizer entry")
-        state = dict(state)
-        if "betas" in state.get("hyper", {}):
+    if state is not None:
+        state = dict(state, hyper=dict(state["hyper"]), buffers=buffers)
+        if "betas" in state["hyper"]:
             state["hyper"]["betas"] = tuple(state["hyper"]["betas"])
-        state["buffers"] = buffers
         try:
             opt = _optim.from_state(state)
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
             raise FormatError(f"{path}: optimizer state cannot be restored: {e}") from e
     return Contents(dtype, layers, params, opt)
 
 
+def _members(path: str, z: zipfile.ZipFile, size: int) -> Dict[str, zipfile.ZipInfo]:
+    """The archive's members by array name, their declared sizes checked against the file."""
+    members = {}
+    for info in z.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if name not in _MEMBERS or name in members:
+            raise FormatError(f"{path}: unexpected member {info.filename!r}; a fastad model file "
+                              f"holds {', '.join(m + '.npy' for m in _MEMBERS)}")
+        if info.header_offset + info.compress_size > size or (
+                info.file_size > _MAX_RATIO * info.compress_size + 4096):
+            raise FormatError(f"{path}: member {info.filename!r} declares {info.file_size} bytes, "
+                              f"more than the file can hold; truncated or corrupt")
+        members[name] = info
+    for required in ("header", "params"):
+        if required not in members:
+            raise FormatError(f"{path}: no {required!r} array; not a fastad model file")
+    return members
+
+
+def _array(path: str, z: zipfile.ZipFile, info: zipfile.ZipInfo, dtype: np.dtype,
+           shape: Optional[tuple], max_len: Optional[int] = None) -> np.ndarray:
+    """Member `info` as an array of exactly `dtype` and `shape` (a vector of at most `max_len`
+    for shape None), its .npy header checked before its data is read."""
+    name = info.filename[:-4]
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise FormatError(f"{path}: {name} has .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        found_shape, fortran, found_dtype = read_header(f)
+        ok_shape = (shape is None and len(found_shape) == 1 and found_shape[0] <= max_len) or \
+            found_shape == shape
+        if found_dtype != dtype or not ok_shape or (fortran and len(found_shape) > 1):
+            want = f"{dtype} ({max_len} bytes at most)" if shape is None else f"{dtype} {shape}"
+            raise FormatError(f"{path}: {name} is {found_dtype} {found_shape}; expected {want}")
+        count = int(np.prod(found_shape, dtype=np.int64))
+        if info.file_size != f.tell() + count * dtype.itemsize:
+            raise FormatError(f"{path}: {name} holds {info.file_size - f.tell()} bytes of data; "
+                              f"its header declares {count * dtype.itemsize}")
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise FormatError(f"{path}: {name} is truncated")
+    return np.frombuffer(data, dtype).copy() if count else np.zeros(found_shape, dtype)
+
+
 def _header(path: str, raw: np.ndarray) -> Dict[str, Any]:
-    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_HEADER:
-        raise FormatError(f"{path}: the header must be a uint8 vector of at most {_MAX_HEADER} bytes")
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{path}: the header is not valid JSON ({e})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise FormatError(f"{path}: not a fastad model file (format {header.get('format') if isinstance(header, dict) else None!r})")
-    if header.get("version") != VERSION:
+        found = header.get("format") if isinstance(header, dict) else None
+        raise FormatError(f"{path}: not a fastad model file (format {found!r})")
+    if header.get("version") != VERSION or type(header.get("version")) is not int:
         raise FormatError(f"{path}: file version {header.get('version')!r}; this fastad reads "
                           f"version {VERSION}")
+    allowed = {"format", "version", "dtype", "n_params", "layers", "optimizer"}
+    if set(header) - allowed:
+        raise FormatError(f"{path}: unknown header entries {sorted(set(header) - allowed)}")
     return header
 
 
-def _layers(path: str, header: Dict[str, Any], params: np.ndarray):
-    """The dtype and the layers' descriptions, checked against each other and against params."""
+def _is_int(v: Any, low: int, high: int) -> bool:
+    return type(v) is int and low <= v <= high
+
+
+def _is_float(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+# The most parameters a file may declare (8 TB of float64): larger is not a real model.
+_MAX_PARAMS = 1 << 40
+
+
+def _layers(path: str, header: Dict[str, Any]):
+    """The dtype, the layers' descriptions and the parameter count, checked against each other."""
     dtype, layers = header.get("dtype"), header.get("layers")
     if dtype not in ("float32", "float64"):
         raise FormatError(f"{path}: dtype {dtype!r}; expected float32 or float64")
@@ -142,8 +245,9 @@ def _layers(path: str, header: Dict[str, Any], params: np.ndarray):
         raise FormatError(f"{path}: 'layers' must be a non-empty list")
     for k, spec in enumerate(layers):
         ok = (isinstance(spec, dict) and set(spec) == {"in", "out", "activation", "use_bias"}
-              and all(type(spec[d]) is int and 1 <= spec[d] <= 1 << 24 for d in ("in", "out"))
-              and (spec["activation"] is None or spec["activation"] in ACTIVATIONS)
+              and all(_is_int(spec[d], 1, 1 << 24) for d in ("in", "out"))
+              and (spec["activation"] is None
+                   or (isinstance(spec["activation"], str) and spec["activation"] in ACTIVATIONS))
               and type(spec["use_bias"]) is bool)
         if not ok:
             raise FormatError(f"{path}: layer {k} is malformed: {spec!r}")
@@ -151,10 +255,46 @@ def _layers(path: str, header: Dict[str, Any], params: np.ndarray):
             raise FormatError(f"{path}: inconsistent layers: layer {k} takes {spec['in']} inputs "
                               f"but layer {k - 1} gives {layers[k - 1]['out']}")
     n_params = sum(l["out"] * (l["in"] + l["use_bias"]) for l in layers)
-    if header.get("n_params") != n_params:
+    if header.get("n_params") != n_params or type(header.get("n_params")) is not int:
         raise FormatError(f"{path}: header says {header.get('n_params')!r} parameters; the "
                           f"layers have {n_params}")
-    if params.dtype != np.dtype(dtype) or params.shape != (n_params,):
-        raise FormatError(f"{path}: params is {params.dtype} {params.shape}; expected {dtype} "
-                          f"({n_params},)")
-    return dtype, layers
+    if n_params > _MAX_PARAMS:
+        raise FormatError(f"{path}: {n_params} parameters; more than any model file can hold")
+    return dtype, layers, n_params
+
+
+# Each rule's hyper-parameters, as `state_dict` writes them: name → check.
+_HYPER = {
+    "sgd": {"momentum": _is_float, "nesterov": lambda v: type(v) is bool,
+            "weight_decay": _is_float},
+    "adam": {"betas": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_float, v)),
+             "eps": _is_float, "weight_decay": _is_float},
+}
+_HYPER["adamw"] = _HYPER["adam"]
+
+
+def _optimizer_header(path: str, header: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The header's optimiser entry, every field of the right type and range, or None."""
+    if "optimizer" not in header:
+        return None
+    state = header["optimizer"]
+    ok = (isinstance(state, dict) and set(state) == {"rule", "hyper", "lr", "steps"}
+          and isinstance(state["rule"], str) and state["rule"] in _HYPER
+          and isinstance(state["hyper"], dict)
+          and set(state["hyper"]) == set(_HYPER[state["rule"]])
+          and all(check(state["hyper"][k]) for k, check in _HYPER[state["rule"]].items())
+          and _is_float(state["lr"]) and state["lr"] >= 0
+          and _is_int(state["steps"], 0, 2**63 - 1))
+    if not ok:
+        raise FormatError(f"{path}: malformed optimizer entry: {state!r}")
+    return state
+
+
+def _optimizer_buffers_per_param(path: str, state: Optional[Dict[str, Any]]) -> int:
+    """How many state buffers of the parameters' length the file's optimiser keeps."""
+    per = 0 if state is None else (
+        2 if state["rule"] != "sgd" else int(state["hyper"]["momentum"] != 0))
+    if per == 0:
+        raise FormatError(f"{path}: optimizer_buffers given, but "
+                          f"{'no optimizer' if state is None else 'this optimizer'} keeps none")
+    return per

@@ -215,6 +215,14 @@ impl Optimizer {
                     "this optimizer keeps no state buffers; pass buffers=None".into(),
                 )));
             }
+            if per > 0 && steps > 0 {
+                // Its next update would start from zero moments with a bias correction for
+                // `steps` updates: a silently different optimiser.
+                return Err(to_py_err(Error::Invalid(format!(
+                    "this optimizer keeps {per} state buffer(s), which a state after {steps} \
+                     steps must give"
+                ))));
+            }
             *state = State::Fresh { lr, steps };
             return Ok(());
         };
