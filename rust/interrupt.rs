@@ -83,9 +83,7 @@ mod tests {
         };
         let start = Instant::now();
         let result = while_checking(&check, || loop {
-            if let Err(e) = poll() {
-                return Err(e);
-            }
+            poll()?;
             if start.elapsed() > 10 * INTERVAL {
                 return Ok(());
             }

@@ -46,6 +46,37 @@ pub enum ReduceOp {
     LogSumExp,
 }
 
+impl Op {
+    /// The operation as the user wrote it, for messages: "a multiplication (*)", "fa.exp".
+    pub fn describe(&self) -> String {
+        let fa = |name: &str| format!("fa.{name}");
+        match *self {
+            Op::Input(k) => format!("argument {k}"),
+            Op::Constant(_) | Op::ConstantArray(_) => "a constant".into(),
+            Op::Unary(UnaryOp::Neg, _) => "a negation (-x)".into(),
+            Op::Unary(UnaryOp::Abs, _) => "abs()".into(),
+            Op::Unary(UnaryOp::Powf(p), _) => format!("a power (x ** {p})"),
+            Op::Unary(op, _) => fa(&format!("{op:?}").to_lowercase()),
+            Op::Binary(op, ..) => match op {
+                BinaryOp::Add => "an addition (+)".into(),
+                BinaryOp::Sub => "a subtraction (-)".into(),
+                BinaryOp::Mul => "a multiplication (*)".into(),
+                BinaryOp::Div => "a division (/)".into(),
+                BinaryOp::Pow => "a power (**)".into(),
+                BinaryOp::Maximum => fa("maximum"),
+                BinaryOp::Minimum => fa("minimum"),
+            },
+            Op::MatMul { .. } | Op::Affine { .. } => "a matrix product (@)".into(),
+            Op::Transpose(_) => "a transpose (.T)".into(),
+            Op::Reshape(_) => "a reshape".into(),
+            Op::Slice { .. } => "a slice".into(),
+            Op::Reduce(op, ..) => fa(&format!("{op:?}").to_lowercase()),
+            Op::Softmax { log, .. } => fa(if log { "log_softmax" } else { "softmax" }),
+            Op::TakeAlongRows { .. } => fa("take_along_rows"),
+        }
+    }
+}
+
 /// The axis of a reduction or softmax, on the operand's 2-D view (`Shape::as_2d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Axis {

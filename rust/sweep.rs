@@ -79,9 +79,11 @@ fn label(v: f64, classes: usize, row: usize) -> Result<usize> {
     if v >= 0.0 && v < classes as f64 && v.fract() == 0.0 {
         Ok(v as usize)
     } else {
-        Err(Error::Label(format!(
-            "label {v} in row {row} is not a class index in 0..{classes}"
-        )))
+        Err(Error::Label {
+            value: v.to_string(),
+            row,
+            classes,
+        })
     }
 }
 

@@ -125,7 +125,15 @@ impl<T: Float> Trainer<T> {
             let loss = {
                 let args: [&[T]; 3] = [params, x, y];
                 let args = &args[..2 + usize::from(data.y.is_some())];
-                program.value_and_grad(args, &mut [&mut self.grad])?
+                let order = &self.order;
+                program
+                    .value_and_grad(args, &mut [&mut self.grad])
+                    .map_err(|e| {
+                        e.in_rows(|row| match schedule.shuffle {
+                            true => order[start + row],
+                            false => start + row,
+                        })
+                    })?
             };
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;

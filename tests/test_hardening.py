@@ -83,15 +83,22 @@ def test_shape_arithmetic_never_wraps_and_reshape_infers_one_dimension():
 
 
 def test_a_rust_panic_never_reaches_python_as_panic_exception():
-    """Every detached call goes through one guard (rust/python/errors.rs): a panic becomes a
-    RuntimeError, an Exception, and the next call works. Exercised through the one entry point
-    whose core asserts can be reached: an optimiser fed a gradient whose buffer changed shape
-    between the check and the update is impossible from Python, so the guard is checked by
-    source: no `detach(` outside it."""
+    """Every GIL-free call runs in one guard (rust/python/errors.rs): a panic there is a
+    RuntimeError, which `except Exception` catches, and the interpreter goes on."""
+    expect_lines("""
+        import fastad as fa
+        from fastad import _fastad
+        try:
+            _fastad._panic_in_guard()
+        except Exception as e:
+            print(type(e).__name__, "test of the panic guard" in str(e))
+        print(fa.compile(lambda x: fa.sum(x), fa.spec((2,)))([1.0, 2.0]))
+    """, ["RuntimeError True", "3.0"])
+    # And no call releases the GIL outside that guard.
     root = os.path.join(os.path.dirname(__file__), "..", "rust", "python")
     for name in os.listdir(root):
         src = open(os.path.join(root, name)).read()
-        if name != "errors.rs":
+        if name not in ("errors.rs", "locked.rs"):  # locked.rs: waits for a lock, runs nothing
             assert ".detach(" not in src, f"{name} releases the GIL outside run_detached"
 
 
@@ -303,3 +310,94 @@ except KeyboardInterrupt:
     print("KeyboardInterrupt", time.perf_counter() - t0 - 0.5 < 1.0)
 print(model.fisher_diag(X[:10], Y[:10]).shape)
 """, ["KeyboardInterrupt True", f"({20 * 200 + 200 + 200 * 10 + 10},)"])
+
+
+def test_an_optimizer_can_be_read_while_fit_runs_on_another_thread():
+    """fit holds the optimiser's lock and takes the GIL for a moment every 100 ms to check for
+    Ctrl-C; a thread reading the optimiser meanwhile must wait without the GIL, or both would
+    wait on each other forever. Run in a subprocess with a timeout."""
+    expect_lines("""
+        import threading, numpy as np, fastad as fa
+        model = fa.Chain(fa.Dense(8, 64, "tanh"), fa.Dense(64, 1), seed=0)
+        X, Y = np.ones((4096, 8)), np.ones((4096, 1))
+        opt = fa.Adam()
+        t = threading.Thread(target=lambda: model.fit(X, Y, optimizer=opt, epochs=20, batch_size=8))
+        t.start()
+        reads = 0
+        while t.is_alive():
+            reads += opt.steps >= 0 and opt.lr > 0
+        t.join()
+        print(opt.steps == 20 * 512, reads > 0)
+    """, ["True True"], timeout=60)
+
+
+# Smaller contract gaps -------------------------------------------------------------------------------
+
+def test_scalar_arguments_take_python_and_numpy_scalars_and_0d_arrays():
+    f = fa.compile(lambda x, s: fa.sum(x * s), fa.spec((3,)), fa.spec(()), wrt=(0, 1))
+    x = np.array([1.0, 2.0, 3.0])
+    for s in (2.0, 2, np.float32(2), np.float64(2), np.int64(2), np.array(2.0),
+              np.array(2, np.int32), np.array(2.0, np.float32)):
+        assert f(x, s) == 12.0
+        gx, gs = f.grad(x, s)
+        np.testing.assert_array_equal(gx, [2.0, 2.0, 2.0])
+        assert gs.shape == () and gs == 6.0
+    g = fa.compile(lambda x: fa.sum(x * x), fa.spec((3,)))
+    for c in (1.0, 2, np.float32(0.5), np.array(3.0)):
+        np.testing.assert_allclose(g.vjp(x, c), 2 * x * float(c))
+    with pytest.raises(ValueError, match=r"cotangent .* has shape \(\); expected \(3,\)"):
+        fa.compile(lambda x: x * 2.0, fa.spec((3,))).vjp(x, 1.0)
+
+
+def test_label_errors_name_the_row_of_the_callers_array():
+    K = 3
+    labels = np.zeros(3000)
+    labels[2999] = 7
+    X = np.ones((3000, 4))
+    f = fa.compile(lambda W, X, y: fa.cross_entropy(X @ W, y), fa.spec((4, K)),
+                   fa.spec((None, 4)), fa.spec((None,)), wrt=0)
+    assert f.tile_rows is not None and f.tile_rows < 3000  # the bad row is in a later tile
+    with pytest.raises(ValueError, match="label 7 in row 2999 "):
+        f.grad(np.zeros((4, K)), X, labels)
+    model = fa.Chain(fa.Dense(4, K), seed=0)
+    model._TILE_ELEMENTS = 64
+    for call in (lambda: model.fisher(X, labels, loss="cross_entropy"),
+                 lambda: model.fisher(X, labels, loss="cross_entropy", kind="ggn"),
+                 lambda: model.grad(X, labels, loss="cross_entropy"),
+                 lambda: model.fit(X, labels, loss="cross_entropy", batch_size=100, seed=1),
+                 lambda: model.fit(X, labels, loss="cross_entropy", batch_size=100,
+                                   shuffle=False)):
+        with pytest.raises(ValueError, match="label 7 in row 2999 "):
+            call()
+
+
+def test_a_forked_child_gets_an_error_not_a_hang_for_a_program_busy_in_the_parent():
+    expect_lines("""
+        import os, threading, time, numpy as np, fastad as fa
+        def net(W, X):
+            h = X
+            for _ in range(20):
+                h = fa.tanh(h @ W)
+            return fa.sum(h)
+        f = fa.compile(net, fa.spec((256, 256)), fa.spec((None, 256)), wrt=0)
+        other = fa.compile(lambda x: fa.sum(x * x), fa.spec((None, 4)))
+        W, X = np.eye(256) * 0.5, np.ones((20000, 256))
+        f.grad(W, X[:10])  # warm: the pool's workers exist
+        t = threading.Thread(target=lambda: f.grad(W, X))
+        t.start()
+        time.sleep(0.3)  # inside f, holding its lock
+        pid = os.fork()
+        if pid == 0:
+            try:
+                f.grad(W, X[:2])
+                msg = "no error"
+            except RuntimeError as e:
+                msg = "RuntimeError " + str("forked" in str(e))
+            # Other programs run (inline: the parent's pool threads are not in the child).
+            ok = other(np.ones((1000, 4))) == 4000.0 and np.isfinite(f.__class__ is not None)
+            os.write(1, f"{msg} {ok}\\n".encode())
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        t.join()
+        print("child exit", os.waitstatus_to_exitcode(status), f(W, X[:2]) > 0)
+    """, ["RuntimeError True True", "child exit 0 True"], timeout=60)

@@ -69,6 +69,14 @@ def per_sample_grad_norms(model: Any, X: Any, Y: Any, loss: Any,
     return norms
 
 
+def _check_labels(Y: np.ndarray, K: int) -> None:
+    labels = np.asarray(Y, np.float64)
+    bad = ~((labels >= 0) & (labels < K) & (labels == np.floor(labels)))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"label {labels[row]:g} in row {row} is not a class index in 0..{K}")
+
+
 def _out(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...], *inputs: Any) -> np.ndarray:
     """`out` checked by the same rule as every `out=` (nothing written on error), or a new
     array."""
@@ -118,6 +126,8 @@ def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
         )
     args, Y = model._loss_args(X, Y, loss)
     X = args[1]
+    if Y is not None and Y.ndim == 1 and resolve(loss).targets == "labels":
+        _check_labels(Y, model.out_features)  # here, so errors name rows of Y, not of a tile
     prog = model._loss_program(loss, Y, 0.0)  # checks the loss and targets up front
     n, K = X.shape[0], model.out_features
 

@@ -51,6 +51,9 @@ struct State {
     busy: AtomicBool,
     /// The generation of the latest job, readable without the lock by spinning workers.
     posted: AtomicU64,
+    /// The process the workers run in: a child forked from it has none of them (and maybe a
+    /// lock a vanished worker held), so it runs everything inline.
+    pid: u32,
 }
 
 /// How long a worker polls for the next job before it sleeps. Waking a sleeping worker goes
@@ -77,16 +80,18 @@ fn pool() -> &'static State {
         started: AtomicUsize::new(0),
         busy: AtomicBool::new(false),
         posted: AtomicU64::new(0),
+        pid: std::process::id(),
     })
 }
 
 /// Runs `task(i)` for every `i` in `0..count`, on up to `threads` threads including the
 /// caller, and returns when all are done. Runs inline when the pool is already in use (a nested
-/// call, or another program running concurrently), so it never waits on itself.
+/// call, or another program running concurrently), so it never waits on itself, and in a forked
+/// child process.
 fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
     let threads = threads.min(count);
     let p = pool();
-    if threads <= 1 || p.busy.swap(true, Ordering::Acquire) {
+    if threads <= 1 || p.pid != std::process::id() || p.busy.swap(true, Ordering::Acquire) {
         (0..count).for_each(task);
         return;
     }

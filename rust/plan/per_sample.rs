@@ -121,8 +121,8 @@ fn uses(p: &Program, mean: bool) -> Result<PerSamplePlan> {
             };
             if j != param && matches!(s.op, Op::Slice { .. }) {
                 return refused(format!(
-                    "a slice of the parameters is sliced again ({:?})",
-                    s.op
+                    "a slice of the parameters is sliced again (to shape {})",
+                    s.shape
                 ));
             }
             match s.op {
@@ -150,9 +150,12 @@ fn uses(p: &Program, mean: bool) -> Result<PerSamplePlan> {
                 }
                 _ => {
                     return refused(format!(
-                        "the parameters are read by {:?}, which is not a dense layer's weight \
-                         or bias",
-                        s.op
+                        "the parameters are read by {} (giving shape {}), which is not a dense \
+                         layer's weight or bias: per-sample gradients need the parameters used \
+                         only as W in X @ W or X @ W.T (the batch X on the left), or as a bias \
+                         added to such a product",
+                        s.op.describe(),
+                        s.shape
                     ))
                 }
             }

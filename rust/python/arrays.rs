@@ -77,7 +77,7 @@ impl std::fmt::Display for OutName<'_> {
 }
 
 /// Reads `obj` as a C-contiguous array of `T` of shape `expected`, in place when it already is
-/// one, else through `numpy.ascontiguousarray` (a copy). Non-real dtypes are a `TypeError`.
+/// one, else through `numpy.asarray(dtype=T, order="C")` (a copy). Non-real dtypes are a `TypeError`.
 pub(crate) fn input_view<'py, T: Float + Element>(
     obj: &Bound<'py, PyAny>,
     name: Namer,
@@ -110,9 +110,12 @@ pub(crate) fn input_view<'py, T: Float + Element>(
             T::NAME
         ))));
     }
+    // `asarray(order="C")`, not `ascontiguousarray`, which makes 0-d arrays (and so Python and
+    // NumPy scalars) 1-d.
     let kwargs = PyDict::new(py);
     kwargs.set_item("dtype", T::NAME)?;
-    let arr = np.call_method("ascontiguousarray", (arr,), Some(&kwargs))?;
+    kwargs.set_item("order", "C")?;
+    let arr = np.call_method("asarray", (arr,), Some(&kwargs))?;
     let a = arr.cast::<PyUntypedArray>()?;
     batch
         .check(k, a.shape(), expected, name)

@@ -12,12 +12,13 @@ use std::sync::Mutex;
 pub(crate) fn to_py_err(e: Error) -> PyErr {
     let message = e.to_string();
     match e {
-        Error::Shape(_) | Error::Label(_) | Error::Unsupported(_) | Error::Invalid(_) => {
+        Error::Shape(_) | Error::Label { .. } | Error::Unsupported(_) | Error::Invalid(_) => {
             PyValueError::new_err(message)
         }
         Error::Dtype(_) | Error::Arity(_) | Error::NotScalar(_) => PyTypeError::new_err(message),
         Error::OutOfMemory { .. } => PyMemoryError::new_err(message),
         Error::Interrupted => PyKeyboardInterrupt::new_err(()),
+        Error::Unavailable(_) => PyRuntimeError::new_err(message),
     }
 }
 

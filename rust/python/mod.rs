@@ -1,13 +1,15 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
 //! `outer` (batched outer products), `train` (optimisers, training loops), `arrays` (the NumPy
-//! argument and `out=` checks), `dtype` (element types), `errors` (core errors → exceptions).
+//! argument and `out=` checks), `dtype` (element types), `errors` (core errors → exceptions, the GIL-free guard), `locked`
+//! (the lock of objects used from several threads).
 use pyo3::prelude::*;
 
 mod arrays;
 mod dtype;
 mod errors;
 mod graph;
+mod locked;
 mod outer;
 mod program;
 mod train;
@@ -42,6 +44,15 @@ fn get_num_threads() -> usize {
     crate::parallel::num_threads()
 }
 
+/// Panics inside the guard every GIL-free call runs in: for the test that a Rust panic reaches
+/// Python as a RuntimeError, never as pyo3's PanicException.
+#[pyfunction]
+fn _panic_in_guard(py: Python<'_>) -> PyResult<()> {
+    errors::run_detached(py, || -> crate::Result<()> {
+        panic!("a test of the panic guard")
+    })
+}
+
 #[pymodule]
 fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<graph::Graph>()?;
@@ -49,6 +60,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_guard, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::check_out, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;

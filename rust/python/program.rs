@@ -4,6 +4,7 @@ use super::arrays::{check_no_aliasing, input_view, new_out, out_view, InView, Ou
 use super::dtype::{typed, Dtype, Typed};
 use super::errors::{run_detached, to_py_err};
 use super::graph::{shape_to_py, Graph};
+use super::locked::Locked;
 use crate::float::Float;
 use crate::plan::{arg_label, check_arity, check_scalar, Plan};
 use crate::shape::{BatchSize, Shape};
@@ -11,10 +12,9 @@ use numpy::Element;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
 use smallvec::SmallVec;
-use std::sync::Mutex;
 
 /// The core program of one element type, one call at a time.
-pub(super) type Locked<T> = Mutex<crate::Program<T>>;
+pub(super) type LockedProgram<T> = Locked<crate::Program<T>>;
 
 /// What a call computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Mode {
 /// Calls on one program from several threads are safe; they run one at a time.
 #[pyclass(module = "fastad._fastad", frozen)]
 pub struct Program {
-    pub(super) typed: Typed<Locked<f32>, Locked<f64>>,
+    pub(super) typed: Typed<LockedProgram<f32>, LockedProgram<f64>>,
     // Copies of the plan's signature, read without taking the program's lock.
     pub(super) arg_shapes: Vec<Shape>,
     arg_names: Vec<String>,
@@ -92,17 +92,17 @@ impl Program {
             crate::Program::from_plan(plan)
         }
         let g = &graph.inner;
-        let compiled = |dtype| -> crate::Result<Typed<Locked<f32>, Locked<f64>>> {
+        let compiled = |dtype| -> crate::Result<Typed<LockedProgram<f32>, LockedProgram<f64>>> {
             Ok(match dtype {
-                Dtype::F32 => Typed::F32(Mutex::new(compile(g, output, &wrt, &arg_names)?)),
-                Dtype::F64 => Typed::F64(Mutex::new(compile(g, output, &wrt, &arg_names)?)),
+                Dtype::F32 => Typed::F32(Locked::new(compile(g, output, &wrt, &arg_names)?)),
+                Dtype::F64 => Typed::F64(Locked::new(compile(g, output, &wrt, &arg_names)?)),
             })
         };
         let typed = Dtype::from_name(dtype)
             .and_then(compiled)
             .map_err(to_py_err)?;
         let (arg_shapes, output_shape, tile_rows, tiles_gradient, num_ops) = typed!(&typed, p => {
-            let p = p.lock().unwrap_or_else(|e| e.into_inner());
+            let p = p.lock().map_err(to_py_err)?;
             (p.arg_shapes().to_vec(), p.output_shape(), p.tile_rows(), p.tiles_gradient(), p.len())
         });
         Ok(Program {
@@ -243,7 +243,7 @@ impl Program {
 
     fn call<'py, T: Float + Element>(
         &self,
-        program: &Locked<T>,
+        program: &LockedProgram<T>,
         args: &Bound<'py, PyTuple>,
         out: Option<&Bound<'py, PyAny>>,
         value_out: Option<&Bound<'py, PyAny>>,
@@ -270,7 +270,7 @@ impl Program {
         let work = SendPtr((&in_slices, &mut grads, value_slice));
         let value = run_detached(py, move || {
             let SendPtr((in_slices, grads, value_slice)) = work;
-            let mut p = program.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = program.lock()?;
             let args = &in_slices[..n_args];
             match mode {
                 Mode::Value => match value_slice {

@@ -3,7 +3,8 @@
 use super::arrays::{check_no_aliasing, data_ptr, input_view, new_out, out_view, zeros, OutName};
 use super::dtype::{by_dtype, typed, Dtype, Typed};
 use super::errors::{run_detached, to_py_err};
-use super::program::{Locked, Program, SendPtr};
+use super::locked::Locked;
+use super::program::{LockedProgram, Program, SendPtr};
 use crate::error::Error;
 use crate::float::Float;
 use crate::optim::Rule;
@@ -12,7 +13,6 @@ use crate::train::{Dataset, Schedule, Trainer};
 use numpy::{Element, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 type Optimizers = Typed<crate::Optimizer<f32>, crate::Optimizer<f64>>;
 
@@ -96,12 +96,12 @@ impl Elem for f64 {
 #[pyclass(module = "fastad._fastad", frozen)]
 pub struct Optimizer {
     rule: Rule,
-    state: Mutex<State>,
+    state: Locked<State>,
 }
 
 impl Optimizer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, py: Python<'_>) -> PyResult<std::sync::MutexGuard<'_, State>> {
+        self.state.lock_py(py).map_err(to_py_err)
     }
 }
 
@@ -148,20 +148,20 @@ impl Optimizer {
         crate::optim::check_lr(lr).map_err(to_py_err)?;
         Ok(Optimizer {
             rule,
-            state: Mutex::new(State::Fresh { lr, steps: 0 }),
+            state: Locked::new(State::Fresh { lr, steps: 0 }),
         })
     }
 
     /// The learning rate (settable, for schedules).
     #[getter]
-    fn lr(&self) -> f64 {
-        self.lock().lr()
+    fn lr(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok(self.lock(py)?.lr())
     }
 
     #[setter]
-    fn set_lr(&self, lr: f64) -> PyResult<()> {
+    fn set_lr(&self, py: Python<'_>, lr: f64) -> PyResult<()> {
         crate::optim::check_lr(lr).map_err(to_py_err)?;
-        match &mut *self.lock() {
+        match &mut *self.lock(py)? {
             State::Fresh { lr: l, .. } => *l = lr,
             State::Ready(o) => typed!(o, o => o.lr = lr),
         }
@@ -170,8 +170,8 @@ impl Optimizer {
 
     /// Updates taken so far.
     #[getter]
-    fn steps(&self) -> u64 {
-        self.lock().steps()
+    fn steps(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.lock(py)?.steps())
     }
 
     /// State buffers per parameter (Adam 2: first and second moments; SGD 1 with momentum, else 0).
@@ -195,7 +195,7 @@ impl Optimizer {
             unsafe { out.slice::<T>() }.copy_from_slice(s);
             Ok(out.array)
         }
-        match &*self.lock() {
+        match &*self.lock(py)? {
             State::Ready(o) => {
                 typed!(o, o => (!o.state.is_empty()).then(|| copy(py, &o.state)).transpose())
             }
@@ -205,9 +205,14 @@ impl Optimizer {
 
     /// Restores `steps` and the state buffers (as `state_buffers` gave them; None for none).
     #[pyo3(signature = (steps, buffers=None))]
-    fn set_state(&self, steps: u64, buffers: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_state(
+        &self,
+        py: Python<'_>,
+        steps: u64,
+        buffers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let per = self.rule.buffers();
-        let mut state = self.lock();
+        let mut state = self.lock(py)?;
         let lr = state.lr();
         let Some(b) = buffers.filter(|_| per > 0) else {
             if buffers.is_some() {
@@ -279,7 +284,7 @@ impl Optimizer {
             &[&pv],
             &|_| OutName::Plain("params"),
         )?;
-        let mut state = self.lock();
+        let mut state = self.lock(params.py())?;
         let o = state.typed::<T>(self.rule, len).map_err(to_py_err)?;
         // SAFETY: both views checked for T and `len` elements, not overlapping.
         let (p, g) = unsafe { (pv.slice::<T>(), gv.slice::<T>()) };
@@ -362,7 +367,7 @@ struct Run<'a, 'py> {
 }
 
 impl Run<'_, '_> {
-    fn typed<T: Elem>(&self, program: &Locked<T>) -> PyResult<()> {
+    fn typed<T: Elem>(&self, program: &LockedProgram<T>) -> PyResult<()> {
         let shapes = &self.program.arg_shapes;
         let expected_args = 2 + usize::from(self.y.is_some());
         if shapes.len() != expected_args {
@@ -386,7 +391,7 @@ impl Run<'_, '_> {
         check_no_aliasing(&inputs, &|k| name(k + 1), &[&pv, &lv], &|i| {
             OutName::Plain(["params", "losses"][i])
         })?;
-        let mut state = self.optimizer.lock();
+        let mut state = self.optimizer.lock(self.params.py())?;
         let opt = state
             .typed::<T>(self.optimizer.rule, p_len)
             .map_err(to_py_err)?;
@@ -400,7 +405,7 @@ impl Run<'_, '_> {
         let py = self.params.py();
         let result = run_detached(py, || -> crate::Result<()> {
             let SendPtr((params, losses, x, y, opt)) = work;
-            let mut program = program.lock().unwrap_or_else(|e| e.into_inner());
+            let mut program = program.lock()?;
             let data = Dataset { x, y, rows };
             let mut trainer = Trainer::new(&program, &data, &schedule)?;
             for (e, loss) in losses.iter_mut().enumerate().take(epochs) {

@@ -360,7 +360,8 @@ impl<T: Float> TileJob<'_, T> {
             if !in_tile(s) {
                 continue;
             }
-            forward_step(&f, &mut task.values, i, &mut task.gemm)?;
+            forward_step(&f, &mut task.values, i, &mut task.gemm)
+                .map_err(|e| e.in_rows(|row| r0 + row))?;
             if s.phase == Phase::Reduce {
                 let w = T::from_f64(reduce_weight(&s.op, n, self.batch));
                 let (v, p) = (&task.values[i], &mut task.partials[i]);
