@@ -12,8 +12,8 @@ sweeps over preallocated buffers, writes into your arrays (``out=``) and allocat
 >>> v = f.value_and_grad(x, out=g)
 """
 from ._fastad import (
-    Program, allocation_count, epoch_order, get_num_threads, outer, outer_diag, outer_sum,
-    set_num_threads,
+    Program, allocation_count, epoch_order, get_num_threads, instruction_set, outer, outer_diag,
+    outer_sum, set_num_threads,
 )
 from ._compile import Spec, compile, spec
 from ._ops import (
@@ -36,5 +36,5 @@ __all__ = [
     "log_softmax", "logsumexp", "matmul", "maximum", "mean", "minimum", "mse", "relu", "reshape",
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
     "tanh", "transpose", "outer", "outer_sum", "outer_diag", "SGD", "Adam", "AdamW", "Optimizer",
-    "FormatError", "load", "save", "epoch_order", "Loss",
+    "FormatError", "load", "save", "epoch_order", "Loss", "instruction_set",
 ]

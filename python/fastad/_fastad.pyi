@@ -28,9 +28,12 @@ class Graph:
 class Program:
     """A compiled program: replays forward and reverse sweeps without allocating.
 
-    Inputs are NumPy arrays (converted, with a copy, if not C-contiguous of the program's dtype).
-    `out=` arrays must have exactly the expected shape and dtype, be C-contiguous, writable and
-    not share memory with an input; otherwise ValueError/TypeError and nothing is written.
+    Inputs are NumPy arrays (converted, with a copy, if not C-contiguous of the program's dtype;
+    a scalar argument also a Python or NumPy scalar). `out=` arrays must have exactly the
+    expected shape and dtype, be C-contiguous, writable and not share memory with an input;
+    otherwise ValueError/TypeError and nothing is written. Calls from several threads are safe
+    (they take turns, the GIL released); MemoryError for a result that cannot be allocated;
+    Ctrl-C stops a long call with KeyboardInterrupt.
     """
     def __init__(self, graph: Graph, output: int, wrt: List[int], dtype: str,
                  arg_names: List[str], wrt_tuple: bool = False) -> None: ...
@@ -71,6 +74,10 @@ def set_num_threads(n: int) -> None:
     """Sets the number of threads fastad's parallel kernels use (at least 1)."""
 def get_num_threads() -> int:
     """The number of threads fastad's parallel kernels use."""
+def instruction_set() -> str:
+    """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline"."""
+def _panic_in_guard() -> None:
+    """Test hook: panics inside the guard of GIL-free calls; raises RuntimeError."""
 
 def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> None:
     """Checks `out` by the rule every `out=` of fastad follows (exact dtype and shape,
@@ -105,6 +112,8 @@ class Optimizer:
 def fit_epochs(program: Program, params: NDArray[Any], X: Any, Y: Optional[Any],
                optimizer: Optimizer, epochs: int, batch_size: int, shuffle: bool, seed: int,
                first_epoch: int, losses: NDArray[np.float64]) -> None:
-    """Runs `epochs` epochs of training in the core (GIL released); see Chain.fit."""
+    """Runs `epochs` epochs of training in the core (GIL released); see Chain.fit. Ctrl-C
+    raises KeyboardInterrupt with an `epochs_completed` attribute, after a whole update."""
 def epoch_order(n: int, seed: int, epoch: int) -> NDArray[np.int64]:
-    """The sample order Chain.fit(shuffle=True, seed=seed) uses in epoch `epoch`."""
+    """The sample order Chain.fit(shuffle=True, seed=seed) uses in epoch `epoch`; MemoryError
+    when n int64 do not fit in memory."""

@@ -44,6 +44,13 @@ fn get_num_threads() -> usize {
     crate::parallel::num_threads()
 }
 
+/// The vector instruction set fastad's kernels run with on this CPU: "avx512", "avx2" (with
+/// FMA) or "baseline", chosen at run time (one wheel runs on every x86-64 CPU).
+#[pyfunction]
+fn instruction_set() -> &'static str {
+    crate::kernels::simd::level().name()
+}
+
 /// Panics inside the guard every GIL-free call runs in: for the test that a Rust panic reaches
 /// Python as a RuntimeError, never as pyo3's PanicException.
 #[pyfunction]
@@ -60,6 +67,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(instruction_set, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_guard, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::check_out, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;

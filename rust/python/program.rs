@@ -40,7 +40,11 @@ impl Mode {
 
 /// A traced function compiled for replay: forward and reverse sweeps over preallocated buffers.
 ///
-/// Calls on one program from several threads are safe; they run one at a time.
+/// `f(*args, out=None)` is the program's value: a float for a scalar output, else an array
+/// (written into `out` when given, which is then returned). `grad`, `value_and_grad`, `vjp` and
+/// `per_sample_grad` differentiate it. Calls from several threads are safe (they take turns,
+/// with the GIL released); a result that cannot be allocated is a MemoryError; Ctrl-C stops a
+/// long call with KeyboardInterrupt. See the README's "Calling a program".
 #[pyclass(module = "fastad._fastad", frozen)]
 pub struct Program {
     pub(super) typed: Typed<LockedProgram<f32>, LockedProgram<f64>>,
