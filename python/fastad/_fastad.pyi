@@ -76,8 +76,9 @@ def get_num_threads() -> int:
     """The number of threads fastad's parallel kernels use."""
 def instruction_set() -> str:
     """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline"."""
-def _panic_in_guard() -> None:
-    """Test hook: panics inside the guard of GIL-free calls; raises RuntimeError."""
+def _panic_in_guard(program: Optional[Program] = None) -> None:
+    """Test hook: panics inside the guard of GIL-free calls (holding `program`'s lock when
+    given); raises RuntimeError."""
 
 def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> None:
     """Checks `out` by the rule every `out=` of fastad follows (exact dtype and shape,

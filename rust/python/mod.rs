@@ -51,11 +51,19 @@ fn instruction_set() -> &'static str {
     crate::kernels::simd::level().name()
 }
 
-/// Panics inside the guard every GIL-free call runs in: for the test that a Rust panic reaches
-/// Python as a RuntimeError, never as pyo3's PanicException.
+/// Panics inside the guard every GIL-free call runs in, holding `program`'s lock when given:
+/// for the tests that a Rust panic reaches Python as a RuntimeError, never as pyo3's
+/// PanicException, and that a lock poisoned by it recovers.
 #[pyfunction]
-fn _panic_in_guard(py: Python<'_>) -> PyResult<()> {
+#[pyo3(signature = (program=None))]
+fn _panic_in_guard(py: Python<'_>, program: Option<&program::Program>) -> PyResult<()> {
     errors::run_detached(py, || -> crate::Result<()> {
+        if let Some(p) = program {
+            dtype::typed!(&p.typed, p => {
+                let _held = p.lock()?;
+                panic!("a test of the panic guard, holding the program's lock")
+            })
+        }
         panic!("a test of the panic guard")
     })
 }

@@ -75,6 +75,8 @@ impl<T: Float> Whole<T> {
             if s.needs_grad {
                 crate::buffer::resize(&mut self.adjoints[i], n, T::zero(), "a step's adjoints")?;
             }
+            // Growing for a large batch writes every page: long enough to check for Ctrl-C.
+            crate::interrupt::poll()?;
         }
         self.capacity = batch;
         Ok(())
