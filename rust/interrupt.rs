@@ -11,10 +11,16 @@ use std::time::{Duration, Instant};
 /// How often a long call asks its front end whether to stop.
 pub const INTERVAL: Duration = Duration::from_millis(100);
 
-/// The check of this thread's current call, and when it last ran.
+/// Work (in elements written) between two clock reads of `poll_after`: tens of microseconds at
+/// the least, so tiny steps do not pay for the clock.
+const WORK_PER_CLOCK_READ: usize = 1 << 16;
+
+/// The check of this thread's current call, when it last ran, and the work since the clock was
+/// last read.
 struct Installed {
     check: *const (dyn Fn() -> bool + 'static),
     last: Instant,
+    work: usize,
 }
 
 thread_local! {
@@ -32,6 +38,7 @@ pub fn while_checking<R>(check: &dyn Fn() -> bool, f: impl FnOnce() -> R) -> R {
         c.replace(Some(Installed {
             check,
             last: Instant::now(),
+            work: 0,
         }))
     });
     struct Restore(Option<Installed>);
@@ -45,13 +52,26 @@ pub fn while_checking<R>(check: &dyn Fn() -> bool, f: impl FnOnce() -> R) -> R {
 }
 
 /// `Err(Error::Interrupted)` when this thread's call was asked to stop; checks at most every
-/// `INTERVAL`.
+/// `INTERVAL`. For loops whose every iteration is long (a tile, a training step).
 #[inline]
 pub fn poll() -> Result<()> {
+    poll_after(WORK_PER_CLOCK_READ)
+}
+
+/// `poll` after a unit of work that wrote `elements` numbers: the clock is read only once enough
+/// work has been done since the last read, so loops of tiny steps pay almost nothing.
+#[inline]
+pub fn poll_after(elements: usize) -> Result<()> {
     CURRENT.with(|c| {
         let Some(mut installed) = c.take() else {
             return Ok(());
         };
+        installed.work = installed.work.saturating_add(elements);
+        if installed.work < WORK_PER_CLOCK_READ {
+            c.set(Some(installed));
+            return Ok(());
+        }
+        installed.work = 0;
         let now = Instant::now();
         let mut stop = false;
         if now.duration_since(installed.last) >= INTERVAL {
@@ -91,6 +111,21 @@ mod tests {
         assert_eq!(result, Err(Error::Interrupted));
         assert_eq!(calls.get(), 2);
         assert!(start.elapsed() >= 2 * INTERVAL);
+        // Tiny steps read the clock only once their work adds up.
+        let small = Counter::new(0);
+        let count = || {
+            small.set(small.get() + 1);
+            false
+        };
+        while_checking(&count, || {
+            std::thread::sleep(2 * INTERVAL);
+            for _ in 0..WORK_PER_CLOCK_READ / 16 - 1 {
+                poll_after(16).unwrap();
+            }
+            assert_eq!(small.get(), 0);
+            poll_after(16).unwrap();
+            assert_eq!(small.get(), 1);
+        });
         // Uninstalled after the call.
         assert_eq!(poll(), Ok(()));
         let other =

@@ -137,7 +137,8 @@ impl<T: Float> Trainer<T> {
             };
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;
-            crate::interrupt::poll()?;
+            // The update wrote every parameter, the batch's gather its rows.
+            crate::interrupt::poll_after(params.len() + b * (xw + yw))?;
         }
         Ok(total / n as f64)
     }

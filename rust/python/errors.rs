@@ -25,8 +25,8 @@ pub(crate) fn to_py_err(e: Error) -> PyErr {
 /// Runs core work `f` with the GIL released. Every `crate::interrupt::INTERVAL` its polls take
 /// the GIL back for a moment to run Python's signal handlers; when one raises (Ctrl-C:
 /// `KeyboardInterrupt`), `f` stops at its next poll and that exception is returned. A panic in
-/// `f` is a `RuntimeError` naming it; locks `f` held recover (they are taken with
-/// `unwrap_or_else(into_inner)`), and the buffers it wrote are rewritten by the next call.
+/// `f` is a `RuntimeError` naming it; a lock `f` held recovers (see `locked.rs`), and the
+/// buffers it wrote are rewritten by the next call.
 pub(crate) fn run_detached<R: Send>(
     py: Python<'_>,
     f: impl FnOnce() -> crate::Result<R> + Send,

@@ -76,7 +76,7 @@ impl<T: Float> Whole<T> {
                 crate::buffer::resize(&mut self.adjoints[i], n, T::zero(), "a step's adjoints")?;
             }
             // Growing for a large batch writes every page: long enough to check for Ctrl-C.
-            crate::interrupt::poll()?;
+            crate::interrupt::poll_after(n)?;
         }
         self.capacity = batch;
         Ok(())
@@ -98,7 +98,7 @@ impl<T: Float> Whole<T> {
         let frame = Frame::new(&plan.steps, args, batch);
         for i in 0..plan.steps.len() {
             forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
-            crate::interrupt::poll()?;
+            crate::interrupt::poll_after(plan.steps[i].shape.len(batch))?;
         }
         Ok(())
     }
@@ -135,7 +135,7 @@ impl<T: Float> Whole<T> {
                     i,
                     &mut self.gemm.buf,
                 );
-                crate::interrupt::poll()?;
+                crate::interrupt::poll_after(plan.steps[i].shape.len(batch))?;
             }
         }
         Ok(())
