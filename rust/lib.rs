@@ -30,6 +30,7 @@ pub mod optim;
 pub mod outer;
 pub mod parallel;
 pub mod plan;
+pub mod process;
 mod program;
 pub mod runner;
 mod shape;

@@ -80,7 +80,7 @@ fn pool() -> &'static State {
         started: AtomicUsize::new(0),
         busy: AtomicBool::new(false),
         posted: AtomicU64::new(0),
-        pid: std::process::id(),
+        pid: crate::process::id(),
     })
 }
 
@@ -91,7 +91,7 @@ fn pool() -> &'static State {
 fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
     let threads = threads.min(count);
     let p = pool();
-    if threads <= 1 || p.pid != std::process::id() || p.busy.swap(true, Ordering::Acquire) {
+    if threads <= 1 || p.pid != crate::process::id() || p.busy.swap(true, Ordering::Acquire) {
         (0..count).for_each(task);
         return;
     }

@@ -21,12 +21,12 @@ impl<T: Send> Locked<T> {
     pub fn new(value: T) -> Self {
         Locked {
             mutex: Mutex::new(value),
-            holder: AtomicU32::new(std::process::id()),
+            holder: AtomicU32::new(crate::process::id()),
         }
     }
 
     fn try_take(&self) -> Result<Option<MutexGuard<'_, T>>> {
-        let me = std::process::id();
+        let me = crate::process::id();
         let guard = match self.mutex.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -50,7 +50,7 @@ impl<T: Send> Locked<T> {
             return Ok(g);
         }
         let g = self.mutex.lock().unwrap_or_else(|e| e.into_inner());
-        self.holder.store(std::process::id(), Ordering::Release);
+        self.holder.store(crate::process::id(), Ordering::Release);
         Ok(g)
     }
 
