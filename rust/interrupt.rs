@@ -2,7 +2,8 @@
 //! `while_checking` a function of its own (Python's: "has a signal handler raised?"), and the
 //! loops of long calls — training steps, tiles, the steps of a replay — `poll` between units of
 //! work. A poll reads the clock and calls the check at most every `INTERVAL`, and allocates
-//! nothing. Only the thread that installed the check polls it; on other threads (pool workers)
+//! nothing; loops of many small steps count their work in a local `Pacer` and poll only once it
+//! adds up, so they pay neither the clock nor the thread-local lookup per step. Only the thread that installed the check polls it; on other threads (pool workers)
 //! `poll` is free and never stops, and the work they share stops when the caller's part does.
 use crate::error::{Error, Result};
 use std::cell::Cell;
@@ -11,16 +12,14 @@ use std::time::{Duration, Instant};
 /// How often a long call asks its front end whether to stop.
 pub const INTERVAL: Duration = Duration::from_millis(100);
 
-/// Work (in elements written) between two clock reads of `poll_after`: tens of microseconds at
-/// the least, so tiny steps do not pay for the clock.
-const WORK_PER_CLOCK_READ: usize = 1 << 16;
+/// Work (in elements written) between two polls of a `Pacer`: tens of microseconds at the
+/// least, so tiny steps do not pay for the poll.
+const WORK_PER_POLL: usize = 1 << 16;
 
-/// The check of this thread's current call, when it last ran, and the work since the clock was
-/// last read.
+/// The check of this thread's current call, and when it last ran.
 struct Installed {
     check: *const (dyn Fn() -> bool + 'static),
     last: Instant,
-    work: usize,
 }
 
 thread_local! {
@@ -38,7 +37,6 @@ pub fn while_checking<R>(check: &dyn Fn() -> bool, f: impl FnOnce() -> R) -> R {
         c.replace(Some(Installed {
             check,
             last: Instant::now(),
-            work: 0,
         }))
     });
     struct Restore(Option<Installed>);
@@ -52,26 +50,12 @@ pub fn while_checking<R>(check: &dyn Fn() -> bool, f: impl FnOnce() -> R) -> R {
 }
 
 /// `Err(Error::Interrupted)` when this thread's call was asked to stop; checks at most every
-/// `INTERVAL`. For loops whose every iteration is long (a tile, a training step).
-#[inline]
+/// `INTERVAL`. For loops whose every iteration is long (a tile); others use a `Pacer`.
 pub fn poll() -> Result<()> {
-    poll_after(WORK_PER_CLOCK_READ)
-}
-
-/// `poll` after a unit of work that wrote `elements` numbers: the clock is read only once enough
-/// work has been done since the last read, so loops of tiny steps pay almost nothing.
-#[inline]
-pub fn poll_after(elements: usize) -> Result<()> {
     CURRENT.with(|c| {
         let Some(mut installed) = c.take() else {
             return Ok(());
         };
-        installed.work = installed.work.saturating_add(elements);
-        if installed.work < WORK_PER_CLOCK_READ {
-            c.set(Some(installed));
-            return Ok(());
-        }
-        installed.work = 0;
         let now = Instant::now();
         let mut stop = false;
         if now.duration_since(installed.last) >= INTERVAL {
@@ -86,6 +70,26 @@ pub fn poll_after(elements: usize) -> Result<()> {
             Ok(())
         }
     })
+}
+
+/// Polls a loop of steps of any size: each step reports the elements it wrote, and `poll` runs
+/// once they add up to `WORK_PER_POLL` (so a step of tens of microseconds or more polls every
+/// time, a loop of tiny ones seldom).
+#[derive(Default)]
+pub struct Pacer {
+    work: usize,
+}
+
+impl Pacer {
+    #[inline]
+    pub fn after(&mut self, elements: usize) -> Result<()> {
+        self.work = self.work.saturating_add(elements);
+        if self.work < WORK_PER_POLL {
+            return Ok(());
+        }
+        self.work = 0;
+        poll()
+    }
 }
 
 #[cfg(test)]
@@ -111,7 +115,7 @@ mod tests {
         assert_eq!(result, Err(Error::Interrupted));
         assert_eq!(calls.get(), 2);
         assert!(start.elapsed() >= 2 * INTERVAL);
-        // Tiny steps read the clock only once their work adds up.
+        // Tiny steps poll only once their work adds up.
         let small = Counter::new(0);
         let count = || {
             small.set(small.get() + 1);
@@ -119,11 +123,12 @@ mod tests {
         };
         while_checking(&count, || {
             std::thread::sleep(2 * INTERVAL);
-            for _ in 0..WORK_PER_CLOCK_READ / 16 - 1 {
-                poll_after(16).unwrap();
+            let mut pacer = Pacer::default();
+            for _ in 0..WORK_PER_POLL / 16 - 1 {
+                pacer.after(16).unwrap();
             }
             assert_eq!(small.get(), 0);
-            poll_after(16).unwrap();
+            pacer.after(16).unwrap();
             assert_eq!(small.get(), 1);
         });
         // Uninstalled after the call.

@@ -4,6 +4,7 @@
 use crate::buffer::filled;
 use crate::error::{Error, Result};
 use crate::float::Float;
+use crate::interrupt::Pacer;
 use crate::optim::Optimizer;
 use crate::program::Program;
 
@@ -31,6 +32,8 @@ pub struct Trainer<T> {
     xb: Vec<T>,
     yb: Vec<T>,
     grad: Vec<T>,
+    /// Paces the checks for Ctrl-C across steps and epochs.
+    pacer: Pacer,
 }
 
 impl<T: Float> Trainer<T> {
@@ -82,6 +85,7 @@ impl<T: Float> Trainer<T> {
             xb: filled(b * xw, T::zero(), "a batch of X")?,
             yb: filled(b * yw, T::zero(), "a batch of Y")?,
             grad: filled(shapes[0].len(1), T::zero(), "the gradient")?,
+            pacer: Pacer::default(),
         })
     }
 
@@ -138,7 +142,7 @@ impl<T: Float> Trainer<T> {
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;
             // The update wrote every parameter, the batch's gather its rows.
-            crate::interrupt::poll_after(params.len() + b * (xw + yw))?;
+            self.pacer.after(params.len() + b * (xw + yw))?;
         }
         Ok(total / n as f64)
     }

@@ -4,6 +4,7 @@
 //! loss), so `output` and `write_grads` read every runner's results.
 use crate::error::Result;
 use crate::float::Float;
+use crate::interrupt::Pacer;
 use crate::ir::Op;
 use crate::plan::Plan;
 use crate::runner::mode::Seed;
@@ -64,6 +65,7 @@ impl<T: Float> Whole<T> {
         if batch <= self.capacity {
             return Ok(());
         }
+        let mut pacer = Pacer::default();
         for (i, s) in plan.steps.iter().enumerate() {
             if !s.shape.is_batched() {
                 continue;
@@ -76,7 +78,7 @@ impl<T: Float> Whole<T> {
                 crate::buffer::resize(&mut self.adjoints[i], n, T::zero(), "a step's adjoints")?;
             }
             // Growing for a large batch writes every page: long enough to check for Ctrl-C.
-            crate::interrupt::poll_after(n)?;
+            pacer.after(n)?;
         }
         self.capacity = batch;
         Ok(())
@@ -96,9 +98,10 @@ impl<T: Float> Whole<T> {
     pub fn forward(&mut self, plan: &Plan<T>, args: &[&[T]], batch: usize) -> Result<()> {
         self.reserve(plan, batch)?;
         let frame = Frame::new(&plan.steps, args, batch);
+        let mut pacer = Pacer::default();
         for i in 0..plan.steps.len() {
             forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
-            crate::interrupt::poll_after(plan.steps[i].shape.len(batch))?;
+            pacer.after(plan.steps[i].shape.len(batch))?;
         }
         Ok(())
     }
@@ -126,6 +129,7 @@ impl<T: Float> Whole<T> {
             Seed::Ones => seeded.fill(T::one()),
         }
         let frame = Frame::new(&plan.steps, args, batch);
+        let mut pacer = Pacer::default();
         for i in (0..plan.steps.len()).rev() {
             if plan.steps[i].needs_grad {
                 backward_step(
@@ -135,7 +139,7 @@ impl<T: Float> Whole<T> {
                     i,
                     &mut self.gemm.buf,
                 );
-                crate::interrupt::poll_after(plan.steps[i].shape.len(batch))?;
+                pacer.after(plan.steps[i].shape.len(batch))?;
             }
         }
         Ok(())
