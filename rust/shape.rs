@@ -101,9 +101,16 @@ impl Shape {
         }
     }
 
-    /// Number of elements for a batch size; `usize::MAX` when that overflows, a size no
-    /// allocation can meet (so it surfaces as `Error::OutOfMemory`, never a wrapped count).
+    /// Number of elements for a batch size. Hot (the sweeps slice their buffers with it), so
+    /// unchecked: buffers are sized with `alloc_len`, and once they exist every length fits.
+    #[inline]
     pub fn len(&self, batch: usize) -> usize {
+        self.dims().iter().map(|d| d.resolve(batch)).product()
+    }
+
+    /// `len` for sizing a buffer: `usize::MAX` when the count overflows, a size no allocation
+    /// can meet (so it surfaces as `Error::OutOfMemory`, never as a wrapped count).
+    pub fn alloc_len(&self, batch: usize) -> usize {
         self.dims()
             .iter()
             .try_fold(1usize, |n, d| n.checked_mul(d.resolve(batch)))

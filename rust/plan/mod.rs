@@ -292,7 +292,7 @@ pub fn check_scalar(output: Shape) -> Result<()> {
 
 /// A buffer's length against a shape at a batch size.
 pub fn check_len(what: &str, len: usize, shape: Shape, batch: usize) -> Result<()> {
-    if len != shape.len(batch) {
+    if len != shape.alloc_len(batch) {
         return Err(Error::Shape(format!(
             "{what} has {len} elements; expected shape {} ({} elements at batch size {batch})",
             shape,

@@ -251,7 +251,7 @@ impl<T: Float> Tiled<T> {
                 if s.phase != Phase::Tile {
                     continue;
                 }
-                let n = s.shape.len(batch);
+                let n = s.shape.alloc_len(batch);
                 if i == plan.output && !matches!(s.op, Op::Input(_)) {
                     whole.reserve_step(i, false, n)?;
                 }
@@ -307,10 +307,10 @@ impl<T: Float> TileTask<T> {
         let mut gemm = 0;
         for s in &plan.steps {
             let (value, adjoint) = match s.phase {
-                Phase::Tile if matches!(s.op, Op::Input(_)) => (0, s.shape.len(rows)),
-                Phase::Tile => (s.shape.len(rows), s.shape.len(rows)),
-                Phase::Reduce => (s.shape.len(0), s.shape.len(0)),
-                Phase::Pre => (0, s.shape.len(0)),
+                Phase::Tile if matches!(s.op, Op::Input(_)) => (0, s.shape.alloc_len(rows)),
+                Phase::Tile => (s.shape.alloc_len(rows), s.shape.alloc_len(rows)),
+                Phase::Reduce => (s.shape.alloc_len(0), s.shape.alloc_len(0)),
+                Phase::Pre => (0, s.shape.alloc_len(0)),
                 Phase::Post => (0, 0),
             };
             task.values.push(zeros(value)?);

@@ -30,7 +30,7 @@ impl<T: Float> Whole<T> {
         let mut values = Vec::with_capacity(plan.steps.len());
         let mut adjoints = Vec::with_capacity(plan.steps.len());
         for s in &plan.steps {
-            let n = s.shape.len(0);
+            let n = s.shape.alloc_len(0);
             let value = match s.op {
                 Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => Vec::new(),
                 _ => crate::buffer::filled(n, T::zero(), "a step's values")?,
@@ -70,7 +70,7 @@ impl<T: Float> Whole<T> {
             if !s.shape.is_batched() {
                 continue;
             }
-            let n = s.shape.len(batch);
+            let n = s.shape.alloc_len(batch);
             if !matches!(s.op, Op::Input(_)) {
                 crate::buffer::resize(&mut self.values[i], n, T::zero(), "a step's values")?;
             }
