@@ -284,4 +284,18 @@ mod tests {
         assert_eq!(Shape::vector(3).to_string(), "(3,)");
         assert_eq!(Shape::batch_of(2).to_string(), "(None, 2)");
     }
+
+    #[test]
+    fn sizes_never_wrap() {
+        // (2³² + 1) · 18446744060824649731 wraps to 3 in 64 bits: refused, as is anything
+        // whose float64 bytes exceed isize::MAX.
+        let wraps = [Dim::Fixed((1 << 32) + 1), Dim::Fixed(18446744060824649731)];
+        assert!(matches!(Shape::try_from_dims(&wraps), Err(Error::Shape(_))));
+        assert!(Shape::try_from_dims(&[Dim::Fixed(1 << 60)]).is_err());
+        assert!(Shape::try_from_dims(&[Dim::Fixed(1 << 59), Dim::Batch]).is_ok());
+        // A batch factor that overflows sizes no buffer.
+        let s = Shape::batch_of(1 << 40);
+        assert_eq!(s.alloc_len(1 << 30), usize::MAX);
+        assert_eq!(s.alloc_len(3), 3 << 40);
+    }
 }
