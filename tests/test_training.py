@@ -393,8 +393,9 @@ def test_every_malformed_header_field_and_optimizer_buffer_is_a_format_error(tmp
 
 def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path):
     """A 2 KB file declaring a 4.3 GB params array (a .npy header for 2**29 doubles over 2 MB of
-    compressed zeros, and a zip entry lying about its size) is refused without allocating: run
-    in a subprocess that measures its peak memory."""
+    compressed zeros, and a zip entry lying about its size), and archives whose members really
+    expand to 256 MB (deflate, bzip2), are refused without allocating: run in a subprocess that
+    measures its peak memory."""
     import io
     header = {"format": "fastad.chain", "version": 1, "dtype": "float64", "n_params": 2**29,
               "layers": [{"in": 2**13, "out": 2**16, "activation": None, "use_bias": False}]}
@@ -412,9 +413,31 @@ def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path):
     cd = data.rfind(b"PK\x01\x02")
     data[cd + 24:cd + 28] = (2**32 - 1).to_bytes(4, "little")
     lying.write_bytes(bytes(data))
+    # Consistent bombs: the header declares exactly what the member really holds, 256 MB of
+    # zeros, deflated to ~250 KB or bzip2-ed to a few hundred bytes.
+    consistent = []
+    n = 2**25
+    header["n_params"] = n
+    header["layers"] = [{"in": 2**9, "out": 2**16, "activation": None, "use_bias": False}]
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, {"descr": "<f8", "fortran_order": False,
+                                               "shape": (n,)})
+    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
+        path = tmp_path / f"consistent{method}.npz"
+        with zipfile.ZipFile(path, "w", method) as z:
+            z.writestr("header.npy", _npy(np.frombuffer(json.dumps(header).encode(), np.uint8)))
+            info = zipfile.ZipInfo("params.npy")
+            info.compress_type = method
+            with z.open(info, "w", force_zip64=True) as f:
+                f.write(npy.getvalue())
+                chunk = bytes(1 << 22)
+                for _ in range(n * 8 // len(chunk)):
+                    f.write(chunk)
+        assert path.stat().st_size < 400_000
+        consistent.append(str(path))
     code = f"""
 import resource, fastad as fa
-for p in ({str(bomb)!r}, {str(lying)!r}):
+for p in ({str(bomb)!r}, {str(lying)!r}, *{consistent!r}):
     try:
         fa.load(p)
     except fa.FormatError as e:
@@ -423,7 +446,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 400_000)  # KB
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:-1] == ["FormatError True", "FormatError True", "True"], r.stdout
+    assert r.stdout.split("\n")[:-1] == ["FormatError True"] * 4 + ["True"], r.stdout
 
 
 def _npy(a):

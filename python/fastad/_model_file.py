@@ -111,9 +111,11 @@ def _mode_for(path: str) -> int:
 
 
 _MEMBERS = ("header", "params", "optimizer_buffers")
-# A member's uncompressed size can be at most this many times its compressed size (deflate's
-# limit is about 1032:1); beyond that, a declared size is a lie.
-_MAX_RATIO = 1100
+# fa.save stores members uncompressed; a compressed archive of real parameters shrinks little.
+# A member expanding more than this many times is a decompression bomb (deflate reaches about
+# 1000:1 on zeros, bzip2 and lzma far more), refused before it is read.
+_MAX_RATIO = 64
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 
 
 def read(path: Any) -> Contents:
@@ -169,10 +171,16 @@ def _members(path: str, z: zipfile.ZipFile, size: int) -> Dict[str, zipfile.ZipI
         if name not in _MEMBERS or name in members:
             raise FormatError(f"{path}: unexpected member {info.filename!r}; a fastad model file "
                               f"holds {', '.join(m + '.npy' for m in _MEMBERS)}")
-        if info.header_offset + info.compress_size > size or (
-                info.file_size > _MAX_RATIO * info.compress_size + 4096):
-            raise FormatError(f"{path}: member {info.filename!r} declares {info.file_size} bytes, "
-                              f"more than the file can hold; truncated or corrupt")
+        if info.compress_type not in _METHODS:
+            raise FormatError(f"{path}: member {info.filename!r} is compressed with method "
+                              f"{info.compress_type}; a fastad model file stores its arrays "
+                              f"uncompressed (or deflated)")
+        if info.header_offset + info.compress_size > size:
+            raise FormatError(f"{path}: member {info.filename!r} runs past the end of the file; "
+                              f"truncated or corrupt")
+        if info.file_size > _MAX_RATIO * info.compress_size + 4096:
+            raise FormatError(f"{path}: member {info.filename!r} would expand {info.compress_size} "
+                              f"bytes into {info.file_size}; refused as a decompression bomb")
         members[name] = info
     for required in ("header", "params"):
         if required not in members:
