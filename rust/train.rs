@@ -133,9 +133,12 @@ impl<T: Float> Trainer<T> {
                 program
                     .value_and_grad(args, &mut [&mut self.grad])
                     .map_err(|e| {
-                        e.in_rows(|row| match schedule.shuffle {
-                            true => order[start + row],
-                            false => start + row,
+                        e.in_rows(|row| {
+                            if schedule.shuffle {
+                                order[start + row]
+                            } else {
+                                start + row
+                            }
                         })
                     })?
             };

@@ -111,12 +111,25 @@ fn whole_runner_gradient_matches_finite_differences() {
     assert!(!plan.runs_tiled(batch, true));
     whole.forward(&plan, &args, batch).unwrap();
     whole.backward(&plan, &args, batch, Seed::Ones).unwrap();
-    let loss = whole.output(&plan, &args, batch)[0];
-    assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+    loss_and_gradient_match_by_hand(&plan, &whole, &args);
+}
+
+/// The loss and the parameters' gradient left in `whole` after a replay of the loss program
+/// over `args` (params, X, Y), against the plain-Rust loss and its finite differences.
+fn loss_and_gradient_match_by_hand(
+    plan: &Plan<f64>,
+    whole: &Whole<f64>,
+    args: &[&[f64]; 3],
+) -> Vec<f64> {
+    let [p, x, y] = *args;
+    let batch = y.len();
+    let loss = whole.output(plan, args, batch)[0];
+    assert!((loss - loss_by_hand(p, x, y)).abs() < 1e-12);
     let mut grad = vec![f64::NAN; P];
-    whole.write_grads(&plan, &mut [&mut grad]);
-    let want = finite_differences(&p, |q| loss_by_hand(q, &x, &y));
+    whole.write_grads(plan, &mut [&mut grad]);
+    let want = finite_differences(p, |q| loss_by_hand(q, x, y));
     assert_close(&grad, &want, 1e-7);
+    grad
 }
 
 #[test]
@@ -134,12 +147,7 @@ fn tiled_runner_matches_finite_differences_and_the_whole_runner() {
         tiled
             .run(&plan, &mut whole, &args, n, sweeps, OutputRows::Table)
             .unwrap();
-        let loss = whole.output(&plan, &args, n)[0];
-        assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
-        let mut grad = vec![f64::NAN; P];
-        whole.write_grads(&plan, &mut [&mut grad]);
-        let want = finite_differences(&p, |q| loss_by_hand(q, &x, &y));
-        assert_close(&grad, &want, 1e-7);
+        let grad = loss_and_gradient_match_by_hand(&plan, &whole, &args);
 
         // The same replay untiled, on fresh buffers.
         let mut untiled = Whole::new(&plan).unwrap();

@@ -138,10 +138,18 @@ def read(path: Any) -> Contents:
                                               None, _MAX_HEADER))
                 dtype, layers, n_params = _layers(path, header)
                 state = _optimizer_header(path, header)
-                params = _array(path, z, members.get("params"), np.dtype(dtype), (n_params,))
+                opt = None
+                if state is not None:  # built first: it knows how many buffers it keeps
+                    opt = _or_format_error(path, _optim.OPTIMIZERS[state["rule"]],
+                                           lr=state["lr"], **state["hyper"])
+                params = _array(path, z, members["params"], np.dtype(dtype), (n_params,))
                 buffers = None
                 if "optimizer_buffers" in members:
-                    per = _optimizer_buffers_per_param(path, state)
+                    per = 0 if opt is None else opt._core.buffers_per_param
+                    if per == 0:
+                        which = "no" if opt is None else "this"
+                        raise FormatError(f"{path}: optimizer_buffers given, but {which} "
+                                          f"optimizer keeps none")
                     buffers = _array(path, z, members["optimizer_buffers"], np.dtype(dtype),
                                      (per * n_params,))
         except FormatError:
@@ -151,16 +159,17 @@ def read(path: Any) -> Contents:
             raise FormatError(f"{path}: not a readable fastad model file "
                               f"({type(e).__name__}: {e})") from e
 
-    opt = None
-    if state is not None:
-        state = dict(state, hyper=dict(state["hyper"]), buffers=buffers)
-        if "betas" in state["hyper"]:
-            state["hyper"]["betas"] = tuple(state["hyper"]["betas"])
-        try:
-            opt = _optim.from_state(state)
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            raise FormatError(f"{path}: optimizer state cannot be restored: {e}") from e
+    if opt is not None:
+        _or_format_error(path, opt.load_state_dict, dict(state, buffers=buffers))
     return Contents(dtype, layers, params, opt)
+
+
+def _or_format_error(path: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, a step of rebuilding the optimiser, its refusals as FormatError."""
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise FormatError(f"{path}: optimizer state cannot be restored: {e}") from e
 
 
 def _members(path: str, z: zipfile.ZipFile, size: int) -> Dict[str, zipfile.ZipInfo]:
@@ -296,13 +305,3 @@ def _optimizer_header(path: str, header: Dict[str, Any]) -> Optional[Dict[str, A
     if not ok:
         raise FormatError(f"{path}: malformed optimizer entry: {state!r}")
     return state
-
-
-def _optimizer_buffers_per_param(path: str, state: Optional[Dict[str, Any]]) -> int:
-    """How many state buffers of the parameters' length the file's optimiser keeps."""
-    per = 0 if state is None else (
-        2 if state["rule"] != "sgd" else int(state["hyper"]["momentum"] != 0))
-    if per == 0:
-        raise FormatError(f"{path}: optimizer_buffers given, but "
-                          f"{'no optimizer' if state is None else 'this optimizer'} keeps none")
-    return per

@@ -108,16 +108,6 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def from_state(state: Dict[str, Any]) -> Optimizer:
-    """A new optimiser rebuilt from a `state_dict`."""
-    cls = OPTIMIZERS.get(state.get("rule"))  # type: ignore[arg-type]
-    if cls is None:
-        raise ValueError(f"unknown optimizer rule {state.get('rule')!r}")
-    opt = cls(lr=state["lr"], **state.get("hyper", {}))
-    opt.load_state_dict(state)
-    return opt
-
-
 def optional(opt: Optional[Optimizer]) -> Optimizer:
     if opt is None:
         return Adam()

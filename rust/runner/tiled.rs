@@ -179,15 +179,14 @@ impl<T: Float> Tiled<T> {
                 }
                 for tile in crate::parallel::split(n_tiles, tasks, t) {
                     // The caller's thread polls for Ctrl-C; the others see its stop here.
-                    let polled = crate::interrupt::poll();
-                    if polled.is_err() {
+                    if crate::interrupt::poll().is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
-                    let swept = polled.and_then(|()| match stop.load(Ordering::Relaxed) {
-                        true => Err(Error::Interrupted),
-                        false => job.sweep_tile(task, tile * tile_rows),
-                    });
-                    if let Err(e) = swept {
+                    if stop.load(Ordering::Relaxed) {
+                        task.error = Some(Error::Interrupted);
+                        return;
+                    }
+                    if let Err(e) = job.sweep_tile(task, tile * tile_rows) {
                         task.error = Some(e);
                         return;
                     }
