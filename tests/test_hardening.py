@@ -420,8 +420,11 @@ def test_every_loss_taking_method_has_the_same_default_loss():
 
 
 def test_the_benchmark_table_names_its_instruction_set_and_caps_shares_of_the_peak(capsys):
+    from concurrent.futures import ThreadPoolExecutor
     from fastad import _bench
     assert fa.instruction_set() in ("avx512", "avx2", "baseline")
+    with ThreadPoolExecutor(8) as pool:  # a plain read: the same answer from every thread
+        assert set(pool.map(lambda _: fa.instruction_set(), range(64))) == {fa.instruction_set()}
     _bench._flops_table("t", [("fastad GEMM (best)", 1.0, 100.0), ("fast row", 1.0, 115.0),
                               ("slow row", 2.0, 100.0)])
     out = capsys.readouterr().out
