@@ -41,6 +41,7 @@ pub use error::{Error, Result};
 pub use float::Float;
 pub use ir::{Axis, BinaryOp, Graph, Node, NodeId, Op, ReduceOp, UnaryOp};
 pub use optim::{Optimizer, Rule};
+pub use plan::dense_layers::DenseLayer;
 pub use plan::Plan;
 pub use program::Program;
 pub use shape::{fmt_dims, BatchSize, Dim, Shape};

@@ -1,9 +1,9 @@
-//! The runners replayed directly (whole-batch, tiled, per-sample), and `Program`'s ndarray entry
+//! The runners replayed directly (whole-batch, tiled, per-sample, layer rows), and `Program`'s ndarray entry
 //! points, against central finite differences of an independent plain-Rust model, in float64.
 //!
 //! The model is seed 002's shape, small: X (N, 3) → Dense(3→5, tanh) → Dense(5→1), mean squared
 //! error against Y, its weights and biases slices of one flat parameter vector (P = 26).
-use fastad::runner::{per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
+use fastad::runner::{layer_rows, per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
 use fastad::{Axis, BinaryOp, Error, Graph, Plan, Program, ReduceOp, Shape, UnaryOp};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1};
 
@@ -212,6 +212,105 @@ fn per_sample_runner_rows_match_each_samples_own_gradient() {
     let mut whole = Whole::new(&plan).unwrap();
     let err = per_sample_grad(&plan, &mut whole, &[&p, &x], n, &mut rows).unwrap_err();
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
+}
+
+#[test]
+fn layer_rows_are_the_factors_of_each_samples_gradient() {
+    let plan = loss_plan();
+    let layers = plan.dense_layers().unwrap().to_vec();
+    let shape: Vec<_> = layers
+        .iter()
+        .map(|l| (l.weight, l.bias, l.inputs, l.outputs))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, Some(H * D), D, H),
+            (H * D + H, Some(H * D + 2 * H), H, 1)
+        ]
+    );
+    let n = 7;
+    let (p, x, y) = data(n);
+    let args: [&[f64]; 3] = [&p, &x, &y];
+    let mut whole = Whole::new(&plan).unwrap();
+    let mut rows = vec![f64::NAN; n * P];
+    per_sample_grad(&plan, &mut whole, &args, n, &mut rows).unwrap();
+    let mut a: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![f64::NAN; n * l.input_width()])
+        .collect();
+    let mut d: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![f64::NAN; n * l.outputs])
+        .collect();
+    let loss = {
+        let mut a_views: Vec<&mut [f64]> = a.iter_mut().map(|v| &mut v[..]).collect();
+        let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
+        layer_rows(
+            &plan,
+            &mut whole,
+            &args,
+            n,
+            Some(&mut a_views),
+            &mut d_views,
+        )
+        .unwrap()
+    };
+    assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
+    // Sample b's gradient, rebuilt as δ_b ā_bᵀ (the bias's column is the 1 appended to ā).
+    for b in 0..n {
+        for (l, layer) in layers.iter().enumerate() {
+            let w = layer.input_width();
+            let (ab, db) = (&a[l][b * w..(b + 1) * w], &d[l][b * layer.outputs..]);
+            assert_eq!(ab[layer.inputs], 1.0);
+            for o in 0..layer.outputs {
+                for j in 0..w {
+                    let at = match j < layer.inputs {
+                        true => layer.weight + o * layer.inputs + j,
+                        false => layer.bias.unwrap() + o,
+                    };
+                    let want = rows[b * P + at];
+                    assert!((db[o] * ab[j] - want).abs() < 1e-12);
+                }
+            }
+        }
+    }
+    // The inputs may be left out; the arrays must match the layers.
+    let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
+    layer_rows(&plan, &mut whole, &args, n, None, &mut d_views).unwrap();
+    let err = layer_rows(&plan, &mut whole, &args, n, None, &mut d_views[..1]).unwrap_err();
+    assert!(matches!(err, Error::Arity(_)), "{err}");
+}
+
+#[test]
+fn dense_layers_refuse_shared_and_untransposed_weights() {
+    // f = sum(X @ W) with W (D, 1) read as X @ W, not X @ W.T.
+    let mut g = Graph::new();
+    let p = g.input(Shape::vector(D));
+    let x = g.input(Shape::batch_of(D));
+    let w = g.reshape(p, Shape::matrix(D, 1)).unwrap();
+    let z = g.matmul(x, w).unwrap();
+    let s = g.reduce(ReduceOp::Sum, z, Axis::All, false).unwrap();
+    let plan = Plan::<f64>::compile(&g, s, &[0]).unwrap();
+    match plan.dense_layers() {
+        Err(Error::Unsupported(why)) => assert!(why.contains("X @ W.T"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // One weight read by two products.
+    let mut g = Graph::new();
+    let p = g.input(Shape::vector(D));
+    let x = g.input(Shape::batch_of(D));
+    let w = g.slice(p, 0, Shape::matrix(1, D)).unwrap();
+    let wt = g.transpose(w).unwrap();
+    let z1 = g.matmul(x, wt).unwrap();
+    let z2 = g.matmul(x, wt).unwrap();
+    let z = g.binary(BinaryOp::Mul, z1, z2).unwrap();
+    let s = g.reduce(ReduceOp::Sum, z, Axis::All, false).unwrap();
+    let plan = Plan::<f64>::compile(&g, s, &[0]).unwrap();
+    match plan.dense_layers() {
+        Err(Error::Unsupported(why)) => assert!(why.contains("shared"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

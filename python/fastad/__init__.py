@@ -27,6 +27,7 @@ from ._dense import Dense
 from ._chain import Chain, load, save
 from ._optim import SGD, Adam, AdamW, Optimizer
 from ._model_file import FormatError
+from ._laplace import Laplace
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "sigmoid", "sin", "softmax", "softplus", "sqrt", "square", "sse", "sum", "take_along_rows",
     "tanh", "transpose", "outer", "outer_sum", "outer_diag", "SGD", "Adam", "AdamW", "Optimizer",
     "FormatError", "load", "save", "epoch_order", "Loss", "instruction_set",
+    "Laplace",
 ]

@@ -328,6 +328,116 @@ def fisher_rows(n: int) -> List[Tuple[str, float, float]]:
     return rows
 
 
+def laplace_seed002_rows(peers: bool) -> List[Tuple[str, float]]:
+    """Seed 002 end to end after compile: a full-GGN Laplace fit, the prior precision and σ by
+    the marginal likelihood, and the predictive on 200 points."""
+    model, X, Y = _seed002_model()
+    model.fit(X, Y, loss="mse", optimizer=fa.Adam(), epochs=200, batch_size=1, shuffle=False,
+              l2=0.01)
+    Xs = np.linspace(-2, 10, 200, dtype=np.float32)[:, None]
+    out = (np.empty((200, 1)), np.empty((200, 1)))
+
+    def end_to_end():
+        la = fa.Laplace(model, "regression").fit(X, Y)
+        la.optimize_prior_precision()
+        return la.predict(Xs, out=out)
+
+    la = fa.Laplace(model, "regression").fit(X, Y).optimize_prior_precision()
+    cases = [
+        ("fastad fit + optimize + predict(200)", end_to_end),
+        ("fastad Laplace(...).fit(X, Y)", lambda: fa.Laplace(model, "regression").fit(X, Y)),
+        ("fastad optimize_prior_precision()", lambda: la.optimize_prior_precision()),
+        ("fastad predict(200 points, out=)", lambda: la.predict(Xs, out=out)),
+    ]
+    if peers:
+        cases += _laplace_jax(model, X, Y, Xs)
+    return _timed(cases)
+
+
+def _laplace_jax(model, X, Y, Xs):
+    """The same full-GGN Laplace in JAX, one jitted function: jacrev Jacobians, the GGN JᵀJ and
+    its eigh, 20 of MacKay's fixed-point updates of λ and σ² on its eigenvalues (the
+    evidence's optimum), and the predictive on the 200 points."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return []
+    (W1, b1), (W2, b2) = [(jnp.asarray(l.weight), jnp.asarray(l.bias)) for l in model.layers]
+    theta = jnp.concatenate([W1.ravel(), b1, W2.ravel(), b2])
+    x, y, xs = jnp.asarray(X), jnp.asarray(Y)[:, 0], jnp.asarray(Xs)
+
+    def f(t, x):
+        W1, b1 = t[:32].reshape(32, 1), t[32:64]
+        W2, b2 = t[64:96].reshape(1, 32), t[96:]
+        return (jax.nn.sigmoid(x @ W1.T + b1) @ W2.T + b2)[:, 0]
+
+    @jax.jit
+    def laplace(t, x, y, xs):
+        J = jax.jacrev(f)(t, x)  # (N, P)
+        s, V = jnp.linalg.eigh(J.T @ J)
+        r = y - f(t, x)
+        n, p = x.shape[0], t.size
+        lam, sigma2 = 1.0, 1.0
+        for _ in range(20):  # MacKay's updates of λ and σ²
+            gamma = jnp.sum(s / sigma2 / (s / sigma2 + lam))
+            lam = gamma / (t @ t)
+            sigma2 = (r @ r) / (n - gamma)
+        Js = jax.jacrev(f)(t, xs) @ V
+        var = jnp.sum(Js * Js / (s / sigma2 + lam), axis=1) + sigma2
+        return f(t, xs), var
+
+    run = lambda: jax.block_until_ready(laplace(theta, x, y, xs))  # noqa: E731
+    return [("JAX jit(jacrev + eigh + MacKay + predict)", run)]
+
+
+def kron_rows(n: int) -> List[Tuple[str, float]]:
+    """Kronecker factors of a 10 → 64 → 20 → 1 tanh network at N samples beside one
+    value_and_grad of the same batch, float32, measured back to back."""
+    model = fa.Chain(fa.Dense(10, 64, "tanh"), fa.Dense(64, 20, "tanh"), fa.Dense(20, 1),
+                     dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 10)).astype(np.float32)
+    Y = rng.standard_normal((n, 1)).astype(np.float32)
+    g = np.empty(model.n_params, np.float32)
+    out = model.fisher(X[:2], Y[:2], loss="mse", kind="ggn", structure="kron")
+    cases = [
+        ("fastad value_and_grad(X, Y, out=g)",
+         lambda: model.value_and_grad(X, Y, loss="mse", out=g)),
+        ("fastad fisher(kind='ggn', 'kron')",
+         lambda: model.fisher(X, Y, loss="mse", kind="ggn", structure="kron", out=out)),
+        ("fastad fisher(kind='empirical', 'kron')",
+         lambda: model.fisher(X, Y, loss="mse", kind="empirical", structure="kron", out=out)),
+    ]
+    return _timed(cases)
+
+
+def last_layer_rows(n: int = 60_000, m: int = 10_000) -> List[Tuple[str, float]]:
+    """Last-layer Laplace (Kronecker factors) of a 784 → 256 → 256 → 10 tanh classifier on
+    random data of MNIST's shape, float32: fit on N = 60,000 and the probit predictive on
+    10,000 points, beside the network's forward pass on the same rows."""
+    model = fa.Chain(fa.Dense(784, 256, "tanh"), fa.Dense(256, 256, "tanh"), fa.Dense(256, 10),
+                     dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 784)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    Xs = X[:m]
+    out_n, out_m, probs = np.empty((n, 10), np.float32), np.empty((m, 10), np.float32), np.empty((m, 10))
+    la = fa.Laplace(model, "classification", subset="last_layer", hessian="kron").fit(X[:100], y[:100])
+    fit = lambda: la.fit(X, y)  # noqa: E731
+    fit()
+    cases = [
+        ("fastad forward model(X, out=) N=60k", lambda: model(X, out=out_n)),
+        ("fastad Laplace fit, N = 60,000", fit),
+        ("fastad forward model(Xs, out=) M=10k", lambda: model(Xs, out=out_m)),
+        ("fastad predict(Xs, out=), M = 10,000", lambda: la.predict(Xs, out=probs)),
+    ]
+    _note("  measuring the last-layer Laplace …")
+    times = {name: median_of_single_runs(fn, repeat=5) for name, fn in cases}
+    _note("")
+    return [(name, times[name]) for name, _ in cases]
+
+
 def _gemm_peak_row(m: int = 1024) -> Tuple[str, float, float]:
     """A square product through fastad's GEMM; its time is the best of the runs (the peak is
     what the machine can do, so the least disturbed run measures it)."""
@@ -377,7 +487,17 @@ def run(peers: bool = True, sizes: Optional[List[int]] = None,
            seed002_rows(peers), "÷ first row")
     _table("Seed 002 training: 200 epochs × 128 single-sample Adam steps, float32",
            training_rows(peers), "÷ first row")
+    _table("Laplace, seed 002 end to end (full GGN; prior and σ fitted), float32 model",
+           laplace_seed002_rows(peers), "÷ first row")
     n = fisher_n or 100_000
+    rows = kron_rows(n)
+    _table(f"Kronecker factors: 10 → 64 → 20 → 1 tanh, N = {n:,}, float32", rows,
+           "÷ value_and_grad")
+    rows = last_layer_rows(n=60_000 if fisher_n is None else 6_000,
+                           m=10_000 if fisher_n is None else 1_000)
+    title = "Last-layer Laplace (kron): 784 → 256 → 256 → 10 tanh classifier, float32"
+    _table(f"{title}: fit", rows[:2], "÷ forward")
+    _table(f"{title}: predictive", rows[2:], "÷ forward")
     _flops_table(f"Fisher Σ_b g_b g_bᵀ: 10 → 64 → 20 → 1 tanh, N = {n:,}, P = 2,025, float32",
                  fisher_rows(n))
 

@@ -132,10 +132,12 @@ class Chain:
 
     def __call__(self, X: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """The outputs (N, out_features), written into `out` when given."""
-        X = self._x(X)
-        prog = self._program("forward", lambda: compile(
+        return self._forward_program()(self._params, self._x(X), out=out)
+
+    def _forward_program(self):
+        """The program of (params, X): the outputs."""
+        return self._program("forward", lambda: compile(
             self.apply, spec((self.n_params,), self.dtype), self._x_spec(), dtype=self.dtype))
-        return prog(self._params, X, out=out)
 
     def _loss_program(self, loss: Loss, Y: Any, l2: float):
         l2 = float(l2)
@@ -263,8 +265,8 @@ class Chain:
         return _curvature.jacobian(self, X, out)
 
     def fisher(self, X: Any, Y: Any = None, *, loss: Loss = "sse", kind: str = "empirical",
-               out: Optional[np.ndarray] = None) -> np.ndarray:
-        """A curvature matrix of the loss, (P, P), summed over samples without ever holding the
+               structure: str = "full", out: Any = None, accumulate: bool = False) -> Any:
+        """A curvature matrix of the loss, summed over samples without ever holding the
         per-sample gradients (N, P) or the Jacobian (N, K, P): batch tiles stream through the
         GEMM, so memory is of order P² plus one tile whatever N is.
 
@@ -274,13 +276,28 @@ class Chain:
         Hessian of its own loss term with respect to them: 2I for "sse", (2/K)I for "mse",
         diag(p) − ppᵀ (times Σ_k y_k for probability targets) with p = softmax for
         "cross_entropy", diag(σ(1 − σ))/K for "bce_logits". Λ_b is factored as M_bᵀM_b, so the
-        GGN is a sum of outer products of the K rows M_b J_b, each from a reverse pass."""
-        return _curvature.fisher(self, X, Y, loss, kind, out)
+        GGN is a sum of outer products of the K rows M_b J_b, each from a reverse pass.
+
+        ``structure="full"``: the matrix, (P, P). ``"diag"``: its diagonal, (P,) (as
+        `fisher_diag`). ``"kron"``: the Kronecker factors of each dense layer, a pair of lists
+        ``(A, G)``: for a layer with inputs a (n_in) and product z = W a + b (n_out),
+        A_l = Σ_b ā_b ā_bᵀ with ā = [a, 1] ((n_in + 1)², without the 1 for a layer without
+        bias) and G_l = Σ_b δ_b δ_bᵀ (n_out²), δ_b the derivative of sample b's loss term (for
+        "ggn": of each row of M_b f_b) with respect to z. The layer's block of the matrix, its
+        parameters ordered as the rows of [W | b], is approximately G_l ⊗ A_l / N (K-FAC);
+        exactly so for one sample with one output. Computed in Rust from the batched sweeps
+        that give per-sample gradients, tile by tile.
+
+        `out`: the array (for "kron", the pair of lists of arrays) to write into; with
+        ``accumulate=True`` the sums are added to `out` instead, so a dataset can stream
+        through in pieces."""
+        return _curvature.fisher(self, X, Y, loss, kind, structure, out, accumulate)
 
     def fisher_diag(self, X: Any, Y: Any = None, *, loss: Loss = "sse", kind: str = "empirical",
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
-        """The diagonal of `fisher` (same arguments), (P,), streamed the same way."""
-        return _curvature.fisher_diag(self, X, Y, loss, kind, out)
+                    out: Optional[np.ndarray] = None, accumulate: bool = False) -> np.ndarray:
+        """The diagonal of `fisher` (same arguments), (P,), streamed the same way; with
+        ``accumulate=True``, added to `out`."""
+        return _curvature.fisher(self, X, Y, loss, kind, "diag", out, accumulate)
 
     def per_sample_grad_norms(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
                               out: Optional[np.ndarray] = None) -> np.ndarray:

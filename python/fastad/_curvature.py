@@ -3,13 +3,13 @@ their diagonals and per-sample gradient norms, streamed over batch tiles so the 
 gradients (N, P) or the Jacobian (N, K, P) are never held whole."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from . import _ops
 from ._compile import compile, spec
-from ._fastad import check_out, outer_diag, outer_sum
+from ._fastad import check_out, dense_layers, layer_rows, outer_diag, outer_sum
 from ._losses import LOSSES, resolve, unit_rows
 
 # Elements of one tile of per-sample rows: with P ≈ 2,000 a tile has ~500 rows, enough for the
@@ -35,27 +35,41 @@ def jacobian(model: Any, X: Any, out: Optional[np.ndarray] = None) -> np.ndarray
     return J
 
 
-def fisher(model: Any, X: Any, Y: Any, loss: Any, kind: str,
-           out: Optional[np.ndarray]) -> np.ndarray:
-    """`Chain.fisher`: Σ over batch tiles of RᵀR, (P, P)."""
+def fisher(model: Any, X: Any, Y: Any, loss: Any, kind: str, structure: str,
+           out: Any, accumulate: bool) -> Any:
+    """`Chain.fisher`: Σ over batch tiles of RᵀR, (P, P); its diagonal (P,); or per dense layer
+    the Kronecker factors ([A_l], [G_l])."""
+    if structure == "kron":
+        return kron_factors(model, X, Y, loss, kind, out, accumulate)
+    if structure not in ("full", "diag"):
+        raise ValueError(f'structure must be "full", "diag" or "kron", got {structure!r}')
     X, Y, rows = _curvature_rows(model, X, Y, loss, kind)
     p = model.n_params
-    F = _out(model, out, (p, p), X, Y)
-    F[...] = 0.0
+    shape = (p, p) if structure == "full" else (p,)
+    F = _accumulator(model, out, shape, accumulate, X, Y)
+    add = outer_sum if structure == "full" else outer_diag
     for _, _, block in rows():
-        outer_sum(block, out=F, accumulate=True)
+        add(block, out=F, accumulate=True)
     return F
 
 
-def fisher_diag(model: Any, X: Any, Y: Any, loss: Any, kind: str,
-                out: Optional[np.ndarray]) -> np.ndarray:
-    """`Chain.fisher_diag`: the diagonal of `fisher`, (P,)."""
-    X, Y, rows = _curvature_rows(model, X, Y, loss, kind)
-    d = _out(model, out, (model.n_params,), X, Y)
-    d[...] = 0.0
-    for _, _, block in rows():
-        outer_diag(block, out=d, accumulate=True)
-    return d
+def kron_factors(model: Any, X: Any, Y: Any, loss: Any, kind: str, out: Any,
+                 accumulate: bool) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """`Chain.fisher(structure="kron")`: per dense layer l, A_l = Σ_b ā_b ā_bᵀ (inputs, with a
+    1 appended for the bias) and G_l = Σ_b Σ_c δ_bc δ_bcᵀ (the adjoints of the layer's product:
+    of sample b's loss term for "empirical", of the rows c of its output-Hessian factor for
+    "ggn"), from the same batched sweeps that give per-sample gradients, tile by tile."""
+    X, Y, layers, rows = _layer_rows(model, X, Y, loss, kind)
+    shapes = ([(k + (b is not None),) * 2 for _, b, k, _ in layers],
+              [(n, n) for _, _, _, n in layers])
+    A, G = _factor_outs(model, out, shapes, accumulate, X, Y)
+    for inputs, adjoints in rows():
+        if inputs is not None:
+            for a, Al in zip(inputs, A):
+                outer_sum(a, out=Al, accumulate=True)
+        for d, Gl in zip(adjoints, G):
+            outer_sum(d, out=Gl, accumulate=True)
+    return A, G
 
 
 def per_sample_grad_norms(model: Any, X: Any, Y: Any, loss: Any,
@@ -69,12 +83,16 @@ def per_sample_grad_norms(model: Any, X: Any, Y: Any, loss: Any,
     return norms
 
 
-def _check_labels(Y: np.ndarray, K: int) -> None:
-    labels = np.asarray(Y, np.float64)
-    bad = ~((labels >= 0) & (labels < K) & (labels == np.floor(labels)))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise ValueError(f"label {labels[row]:g} in row {row} is not a class index in 0..{K}")
+def _check_labels(Y: np.ndarray, K: int, rows: int = 1 << 13) -> None:
+    """Raises a ValueError naming the first row whose label is not a class index; in chunks of
+    `rows`, so checking a large dataset needs no memory of its size."""
+    for r0 in range(0, Y.shape[0], rows):
+        labels = np.asarray(Y[r0:r0 + rows], np.float64)
+        bad = ~((labels >= 0) & (labels < K) & (labels == np.floor(labels)))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"label {labels[row]:g} in row {r0 + row} is not a class index in "
+                             f"0..{K}")
 
 
 def _out(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...], *inputs: Any) -> np.ndarray:
@@ -89,8 +107,7 @@ def _out(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...], *inputs:
 def _tiles(model: Any, n: int, rows_per_sample: int) -> Rows:
     """(start, stop, buffer) for each batch tile; the buffer (stop − start, P) is reused."""
     p = model.n_params
-    elements = getattr(model, "_TILE_ELEMENTS", TILE_ELEMENTS)
-    t = max(1, min(n, elements // max(1, rows_per_sample * p)))
+    t = _tile_rows(model, n, rows_per_sample)
     tiles = model._scratch.__dict__  # this thread's own buffers
     key = ("tile", t * rows_per_sample)
     buf = tiles.get(key)
@@ -101,20 +118,26 @@ def _tiles(model: Any, n: int, rows_per_sample: int) -> Rows:
         yield r0, r1, buf[:(r1 - r0) * rows_per_sample]
 
 
-def _seeded_rows(model: Any, X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
-    """out[b] = J_bᵀ C[b]: each sample's vector-Jacobian product with its own cotangent row,
-    as the per-sample gradients of Σ_b f(x_b)·C[b]."""
-    prog = model._program("seeded", lambda: compile(
+def seeded_program(model: Any) -> Any:
+    """The program Σ_b f(x_b)·C[b] of (params, X, C): its per-sample gradients are J_bᵀ C[b],
+    and its dense layers' adjoint rows are C[b] pulled back to each layer's product."""
+    return model._program("seeded", lambda: compile(
         lambda p, X, C: _ops.sum(model.apply(p, X) * C),
         spec((model.n_params,), model.dtype), model._x_spec(),
         spec((None, model.out_features), model.dtype), wrt=0, dtype=model.dtype))
-    prog.per_sample_grad(model.params, X, C, out=out)
 
 
-def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
-    """Checked X and Y, and a generator of (start, stop, R) per batch tile: R (rows, P) are the
-    tile's rows, whose Σ RᵀR over the tiles is the curvature matrix of `kind` (for "empirical",
-    R holds samples start..stop's gradients)."""
+def _seeded_rows(model: Any, X: np.ndarray, C: np.ndarray, out: np.ndarray,
+                 params: Optional[np.ndarray] = None) -> None:
+    """out[b] = J_bᵀ C[b]: each sample's vector-Jacobian product with its own cotangent row,
+    as the per-sample gradients of Σ_b f(x_b)·C[b] (at `params`, by default the model's)."""
+    p = model.params if params is None else params
+    seeded_program(model).per_sample_grad(p, X, C, out=out)
+
+
+def _checked(model: Any, X: Any, Y: Any, loss: Any, kind: str):
+    """X and Y checked for `loss`, its compiled program, and (for "ggn") its output-Hessian
+    factor."""
     if kind not in ("empirical", "ggn"):
         raise ValueError(f'kind must be "empirical" or "ggn", got {kind!r}')
     factor = resolve(loss).hessian_factor if kind == "ggn" else None
@@ -129,6 +152,25 @@ def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
     if Y is not None and Y.ndim == 1 and resolve(loss).targets == "labels":
         _check_labels(Y, model.out_features)  # here, so errors name rows of Y, not of a tile
     prog = model._loss_program(loss, Y, 0.0)  # checks the loss and targets up front
+    return X, Y, prog, factor
+
+
+def _factor_rows(model: Any, X: np.ndarray, Y: Any, factor: Any, n: int):
+    """(start, stop, [C_c]) per batch tile of n rows: the rows c of each sample's output-Hessian
+    factor as cotangents (rows, K) in the model's dtype."""
+    K = model.out_features
+    for r0 in range(0, X.shape[0], n):
+        r1 = min(X.shape[0], r0 + n)
+        Xt, Yt = X[r0:r1], None if Y is None else Y[r0:r1]
+        outputs = lambda: model(Xt).astype(np.float64)  # noqa: E731 - computed on demand
+        yield r0, r1, [C.astype(model.dtype) for C in factor(outputs, Yt, r1 - r0, K)]
+
+
+def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
+    """Checked X and Y, and a generator of (start, stop, R) per batch tile: R (rows, P) are the
+    tile's rows, whose Σ RᵀR over the tiles is the curvature matrix of `kind` (for "empirical",
+    R holds samples start..stop's gradients)."""
+    X, Y, prog, factor = _checked(model, X, Y, loss, kind)
     n, K = X.shape[0], model.out_features
 
     def empirical() -> Rows:
@@ -138,12 +180,96 @@ def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
             yield r0, r1, buf
 
     def ggn() -> Rows:
-        for r0, r1, buf in _tiles(model, n, K):
+        tiles = _tiles(model, n, K)
+        for (r0, r1, buf), (_, _, cotangents) in zip(tiles, _factor_rows(
+                model, X, Y, factor, _tile_rows(model, n, K))):
             t = r1 - r0
-            Xt, Yt = X[r0:r1], None if Y is None else Y[r0:r1]
-            outputs = lambda: model(Xt).astype(np.float64)  # noqa: E731 - computed on demand
-            for c, C in enumerate(factor(outputs, Yt, t, K)):
-                _seeded_rows(model, Xt, C.astype(model.dtype), buf[c * t:(c + 1) * t])
+            for c, C in enumerate(cotangents):
+                _seeded_rows(model, X[r0:r1], C, buf[c * t:(c + 1) * t])
             yield r0, r1, buf
 
     return X, Y, (empirical if kind == "empirical" else ggn)
+
+
+# Rows per tile of the dense-layer rows: a tile's values and adjoints (~ rows × the network's
+# widths) stay in the last-level cache, and the factor products Σ ā āᵀ still run at GEMM speed.
+LAYER_TILE_ELEMENTS = 1 << 20
+
+
+def _layer_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
+    """Checked X and Y, the dense layers, and a generator of (inputs, adjoints) per batch tile
+    and factor row: `inputs` (each layer's ā rows, only with a tile's first factor row, else
+    None) and `adjoints` (each layer's δ rows), buffers reused from tile to tile."""
+    X, Y, loss_prog, factor = _checked(model, X, Y, loss, kind)
+    prog = loss_prog if kind == "empirical" else seeded_program(model)
+    layers = dense_layers(prog)
+    widths = sum(k + n for _, _, k, n in layers) + model.out_features
+    n = max(1, min(X.shape[0], getattr(model, "_LAYER_TILE_ELEMENTS", LAYER_TILE_ELEMENTS)
+                   // max(1, 4 * widths)))
+    scratch = model._scratch.__dict__  # this thread's own buffers
+    key = ("layer rows", n)
+    bufs = scratch.get(key)
+    if bufs is None:
+        bufs = scratch[key] = (
+            [np.empty((n, k + (b is not None)), model.dtype) for _, b, k, _ in layers],
+            [np.empty((n, o), model.dtype) for _, _, _, o in layers])
+
+    def rows():
+        if kind == "empirical":
+            for r0 in range(0, X.shape[0], n):
+                r1 = min(X.shape[0], r0 + n)
+                a, d = [x[:r1 - r0] for x in bufs[0]], [x[:r1 - r0] for x in bufs[1]]
+                args = (X[r0:r1],) if Y is None else (X[r0:r1], Y[r0:r1])
+                layer_rows(prog, model.params, *args, adjoints=d, inputs=a)
+                yield a, d
+            return
+        for r0, r1, cotangents in _factor_rows(model, X, Y, factor, n):
+            a, d = [x[:r1 - r0] for x in bufs[0]], [x[:r1 - r0] for x in bufs[1]]
+            for c, C in enumerate(cotangents):
+                first = c == 0
+                layer_rows(prog, model.params, X[r0:r1], C, adjoints=d,
+                           inputs=a if first else None)
+                yield (a if first else None), d
+
+    return X, Y, layers, rows
+
+
+def _accumulator(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...],
+                 accumulate: bool, *inputs: Any) -> np.ndarray:
+    """The array a curvature sum is added into: `out` (checked; zeroed unless `accumulate`) or a
+    new zeroed array."""
+    if accumulate and out is None:
+        raise ValueError("accumulate=True adds to out=: pass the array to add to")
+    F = _out(model, out, shape, *inputs)
+    if not accumulate:
+        F[...] = 0.0
+    return F
+
+
+def _factor_outs(model: Any, out: Any, shapes: Tuple[List[Tuple[int, int]], ...],
+                 accumulate: bool, *inputs: Any) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """The Kronecker factors' arrays: `out` = (A list, G list) checked (zeroed unless
+    `accumulate`), or new zeroed ones."""
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True adds to out=: pass the (A, G) lists to add to")
+        return tuple([np.zeros(s, model.dtype) for s in group] for group in shapes)
+    if (not isinstance(out, (tuple, list)) or len(out) != 2
+            or any(not isinstance(o, (tuple, list)) or len(o) != len(s)
+                   for o, s in zip(out, shapes))):
+        raise TypeError(f"out must be a pair (A, G) of lists of {len(shapes[0])} arrays, one "
+                        f"per dense layer, of shapes {shapes[0]} and {shapes[1]}")
+    for group, group_shapes in zip(out, shapes):
+        for o, s in zip(group, group_shapes):
+            check_out(o, s, model.dtype, (model.params, *inputs))
+    if not accumulate:
+        for group in out:
+            for o in group:
+                o[...] = 0.0
+    return list(out[0]), list(out[1])
+
+
+def _tile_rows(model: Any, n: int, rows_per_sample: int) -> int:
+    """Samples per tile of `_tiles`."""
+    elements = getattr(model, "_TILE_ELEMENTS", TILE_ELEMENTS)
+    return max(1, min(n, elements // max(1, rows_per_sample * model.n_params)))

@@ -70,6 +70,8 @@ class Program:
 
 def allocation_count() -> int:
     """Heap allocations made by the native extension since it was loaded, on all threads."""
+def _allocated_bytes(reset_peak: bool = False) -> Tuple[int, int]:
+    """(live, peak) bytes the native extension has allocated; reset_peak starts a new peak."""
 def set_num_threads(n: int) -> None:
     """Sets the number of threads fastad's parallel kernels use (at least 1)."""
 def get_num_threads() -> int:
@@ -95,6 +97,15 @@ def outer_sum(G: Any, out: Optional[NDArray[Any]] = None,
 def outer_diag(G: Any, out: Optional[NDArray[Any]] = None,
                accumulate: bool = False) -> NDArray[Any]:
     """Σ_b g_b², (P,): the diagonal of outer_sum. With `accumulate=True` (and `out`), out += Σ_b g_b²."""
+
+def dense_layers(program: Program) -> List[Tuple[int, Optional[int], int, int]]:
+    """The dense layers the program's differentiated argument is read as: (weight offset, bias
+    offset or None, inputs, outputs) each, in order. ValueError saying why for other programs."""
+def layer_rows(program: Program, *args: Any, adjoints: List[NDArray[Any]],
+               inputs: Optional[List[NDArray[Any]]] = None) -> float:
+    """One batched forward and reverse sweep, writing each dense layer's adjoint rows δ (N,
+    outputs) and, when given, its inputs with the bias's 1 appended (N, inputs + 1). Returns
+    the loss."""
 
 class Optimizer:
     """The core of fa.SGD / fa.Adam / fa.AdamW: update rule and flat state buffers."""

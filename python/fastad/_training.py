@@ -44,6 +44,8 @@ def fit(model: Any, X: Any, Y: Any = None, *, loss: Any = "sse",
     # One training of the model's parameters at a time; Ctrl-C stops the core loop after a
     # whole update and raises KeyboardInterrupt carrying the completed epochs' losses.
     with model._training:
+        # What `fa.Laplace(prior_precision="l2")` reads: the objective this training minimised.
+        model._fit_record = (loss, float(l2), int(batch_size), X.shape[0])
         try:
             return _epochs(run, losses, int(epochs), progress, callback)
         except KeyboardInterrupt as e:

@@ -3,6 +3,7 @@
 //! take a bias, how a batch is tiled (`tiling.rs`) and how per-sample gradients are written
 //! (`per_sample.rs`). A plan is immutable; the runners (`runner/`) replay it over buffers of
 //! their own.
+pub mod dense_layers;
 pub mod per_sample;
 pub mod step;
 pub mod tiling;
@@ -11,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ir::{BinaryOp, Graph, NodeId, Op};
 use crate::shape::{Dim, Shape};
+use dense_layers::DenseLayer;
 use per_sample::PerSamplePlan;
 pub use step::{Phase, Step};
 use tiling::TilePlan;
@@ -33,6 +35,8 @@ pub struct Plan<T> {
     pub(crate) tiling: Option<TilePlan>,
     /// How per-sample gradients are written, or why they cannot be.
     pub(crate) per_sample: Result<PerSamplePlan>,
+    /// The dense layers the parameters are read as, or why they are not.
+    dense_layers: Result<Vec<DenseLayer>>,
     _elem: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -113,6 +117,10 @@ impl<T: Float> Plan<T> {
             arg_steps: &arg_steps,
             tiling: tiling.as_ref(),
         });
+        let dense_layers = per_sample
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|ps| dense_layers::dense_layers(&steps, ps));
         Ok(Plan {
             output: steps.len() - 1,
             steps,
@@ -123,6 +131,7 @@ impl<T: Float> Plan<T> {
             constants,
             tiling,
             per_sample,
+            dense_layers,
             _elem: std::marker::PhantomData,
         })
     }
@@ -170,6 +179,11 @@ impl<T: Float> Plan<T> {
     /// How per-sample gradients are written, or why this program has none.
     pub fn per_sample(&self) -> Result<&PerSamplePlan> {
         self.per_sample.as_ref().map_err(Clone::clone)
+    }
+    /// The dense layers the differentiated parameters are read as (see `dense_layers.rs`), or
+    /// why they are not.
+    pub fn dense_layers(&self) -> Result<&[DenseLayer]> {
+        self.dense_layers.as_deref().map_err(Clone::clone)
     }
 
     /// Whether a replay at this batch size runs tiled (the gradient too: `with_grad`).

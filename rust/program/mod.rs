@@ -7,8 +7,9 @@ mod views;
 use crate::error::Result;
 use crate::float::Float;
 use crate::ir::{Graph, NodeId};
+use crate::plan::dense_layers::DenseLayer;
 use crate::plan::{check_len, Plan};
-use crate::runner::{per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
+use crate::runner::{layer_rows, per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
 use crate::shape::Shape;
 
 /// A compiled program: replay it with `eval`, `value_and_grad`, `vjp` and `per_sample_grad`.
@@ -136,6 +137,26 @@ impl<T: Float> Program<T> {
     pub fn per_sample_grad(&mut self, args: &[&[T]], out: &mut [T]) -> Result<T> {
         let batch = self.plan.batch_size(args)?;
         per_sample_grad(&self.plan, &mut self.whole, args, batch, out)
+    }
+
+    /// The dense layers the differentiated parameters are read as, or why they are not (see
+    /// `plan/dense_layers.rs`).
+    pub fn dense_layers(&self) -> Result<&[DenseLayer]> {
+        self.plan.dense_layers()
+    }
+
+    /// For each dense layer, writes every sample's inputs ā_b (a 1 appended for the bias) into
+    /// `inputs[l]` (N × input_width) when given, and the adjoints δ_b of its product into
+    /// `adjoints[l]` (N × outputs): the factors of sample b's gradient δ_b ā_bᵀ. Returns the
+    /// loss (the sum of the per-sample losses).
+    pub fn layer_rows(
+        &mut self,
+        args: &[&[T]],
+        inputs: Option<&mut [&mut [T]]>,
+        adjoints: &mut [&mut [T]],
+    ) -> Result<T> {
+        let batch = self.plan.batch_size(args)?;
+        layer_rows(&self.plan, &mut self.whole, args, batch, inputs, adjoints)
     }
 
     /// Both sweeps, tiled when the program and the batch allow it.

@@ -1,6 +1,6 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
-//! `outer` (batched outer products), `train` (optimisers, training loops), `arrays` (the NumPy
+//! `outer` (batched outer products), `layer_rows` (dense layers' per-sample factors), `train` (optimisers, training loops), `arrays` (the NumPy
 //! argument and `out=` checks), `dtype` (element types), `errors` (core errors → exceptions, the GIL-free guard), `locked`
 //! (the lock of objects used from several threads).
 use pyo3::prelude::*;
@@ -9,6 +9,7 @@ mod arrays;
 mod dtype;
 mod errors;
 mod graph;
+mod layer_rows;
 mod locked;
 mod outer;
 mod program;
@@ -24,6 +25,19 @@ static ALLOCATOR: crate::alloc_count::CountingAllocator = crate::alloc_count::Co
 #[pyfunction]
 fn allocation_count() -> u64 {
     crate::alloc_count::allocation_count()
+}
+
+/// (live, peak): bytes the native extension has allocated and not freed, and the most at once
+/// since the last call with `reset_peak=True` (which then starts a new peak). For tests of
+/// memory that must not grow with a problem's size.
+#[pyfunction]
+#[pyo3(signature = (reset_peak=false))]
+fn _allocated_bytes(reset_peak: bool) -> (u64, u64) {
+    let bytes = crate::alloc_count::allocated_bytes();
+    if reset_peak {
+        crate::alloc_count::reset_peak_bytes();
+    }
+    bytes
 }
 
 /// Sets the number of threads fastad's parallel kernels use (at least 1).
@@ -73,6 +87,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<graph::Graph>()?;
     m.add_class::<program::Program>()?;
     m.add_function(wrap_pyfunction!(allocation_count, m)?)?;
+    m.add_function(wrap_pyfunction!(_allocated_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(instruction_set, m)?)?;
@@ -81,6 +96,8 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_rows::dense_layers, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_rows::layer_rows, m)?)?;
     m.add_class::<train::Optimizer>()?;
     m.add_function(wrap_pyfunction!(train::fit_epochs, m)?)?;
     m.add_function(wrap_pyfunction!(train::epoch_order, m)?)?;
