@@ -263,14 +263,13 @@ fn layer_rows_are_the_factors_of_each_samples_gradient() {
             let w = layer.input_width();
             let (ab, db) = (&a[l][b * w..(b + 1) * w], &d[l][b * layer.outputs..]);
             assert_eq!(ab[layer.inputs], 1.0);
-            for o in 0..layer.outputs {
-                for j in 0..w {
+            for (o, &delta) in db[..layer.outputs].iter().enumerate() {
+                for (j, &input) in ab.iter().enumerate() {
                     let at = match j < layer.inputs {
                         true => layer.weight + o * layer.inputs + j,
                         false => layer.bias.unwrap() + o,
                     };
-                    let want = rows[b * P + at];
-                    assert!((db[o] * ab[j] - want).abs() < 1e-12);
+                    assert!((delta * input - rows[b * P + at]).abs() < 1e-12);
                 }
             }
         }
