@@ -335,6 +335,18 @@ def test_kron_predictive_and_samples_match_its_dense_blocks():
     Xs = np.random.default_rng(3).normal(size=(8, 3))
     J = model.jacobian(Xs)
     assert_close_rel(la.functional_variance(Xs), np.einsum("bkp,pq,blq->bkl", J, S, J), 1e-10)
+    # The last layer alone: the same factors, and its block's predictive (the closed form for
+    # a linear last layer: no reverse passes).
+    last = fa.Laplace(model, "regression", subset="last_layer", hessian="kron",
+                      prior_precision=2.0, sigma_noise=0.5).fit(X, Y)
+    G, A, lam = last.posterior_precision[0]
+    assert_close_rel(G, la.posterior_precision[2][0], 1e-12)
+    assert_close_rel(A, la.posterior_precision[2][1], 1e-12)
+    off = model.layers[-1]._offset
+    block = Hp[off:, off:]
+    J = J[:, :, off:]
+    assert_close_rel(last.functional_variance(Xs),
+                     np.einsum("bkp,pq,blq->bkl", J, np.linalg.inv(block), J), 1e-10)
     n = 40000
     theta = la.sample(n, seed=3) - model.params
     # δᵀ Σ⁻¹ δ is χ² with P degrees of freedom: mean P, standard deviation √(2P/n) of the mean.
@@ -411,10 +423,14 @@ def test_predict_with_out_allocates_nothing_after_the_first_call():
     Xs = np.random.default_rng(2).normal(size=(M, 3))
     cases = [("regression", 2, hessian) for hessian in ("full", "diag", "kron")]
     cases += [("classification", 3, "kron"), ("classification", 1, "full")]
+    cases += [("regression", 2, "last_layer"), ("classification", 3, "last_layer")]
     for kind, K, hessian in cases:
         model = tanh_net(K)
         X, Y = data(kind, K)
-        la = fa.Laplace(model, kind, hessian=hessian).fit(X, Y)
+        if hessian == "last_layer":
+            la = fa.Laplace(model, kind, subset="last_layer", hessian="kron").fit(X, Y)
+        else:
+            la = fa.Laplace(model, kind, hessian=hessian).fit(X, Y)
         out = np.empty((M, K))
         if kind == "regression":
             out = (out, np.empty((M, K)))

@@ -223,8 +223,15 @@ def _layer_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
                 layer_rows(prog, model.params, *args, adjoints=d, inputs=a)
                 yield a, d
             return
+        linear = len(model.layers) == 1 and model.layers[0].activation is None
         for r0, r1, cotangents in _factor_rows(model, X, Y, factor, n):
             a, d = [x[:r1 - r0] for x in bufs[0]], [x[:r1 - r0] for x in bufs[1]]
+            if linear:  # one linear layer: ā = [x, 1], and δ is the cotangent itself
+                a[0][:, :X.shape[1]] = X[r0:r1]
+                a[0][:, X.shape[1]:] = 1.0
+                for c, C in enumerate(cotangents):
+                    yield (a if c == 0 else None), [C]
+                continue
             for c, C in enumerate(cotangents):
                 first = c == 0
                 layer_rows(prog, model.params, X[r0:r1], C, adjoints=d,

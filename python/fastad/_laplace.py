@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -119,7 +119,9 @@ class Laplace:
                              f"{np.shape(prior_mean)}")
         self.prior_mean = mean
         self._fitted: Optional[_Fitted] = None
-        self._root: Tuple[Any, Any] = (None, None)  # (hyper, covariance root) last computed
+        # (fit, hyper-parameters, the covariance's root) last computed; replaced whole, so a
+        # thread reading it never pairs one fit's root with another's state.
+        self._root: Tuple[Any, Any, Any] = (None, None, None)
         self._lock = threading.Lock()  # one fit or optimisation at a time
         self._scratch = threading.local()  # the predictive's buffers, per thread
 
@@ -212,8 +214,7 @@ class Laplace:
             theta = model.params.copy()
             net, features = self._net(theta)
             kind = "ggn" if self.curvature == "ggn" else "empirical"
-            structure = "diag" if self.hessian == "diag" else self.hessian
-            out = self._accumulators(net, kind)
+            out = self._accumulators(net)
             n, K = X.shape[0], model.out_features
             data_term = 0.0
             for r0 in range(0, n, FIT_ROWS):
@@ -221,7 +222,7 @@ class Laplace:
                 inputs = X[r0:r1] if features is None else features(theta, X[r0:r1])
                 data_term += net.loss(inputs, Yc[r0:r1], loss=loss) * (
                     1 if loss == "sse" else (r1 - r0) * (K if loss == "bce_logits" else 1))
-                net.fisher(inputs, Yc[r0:r1], loss=loss, kind=kind, structure=structure,
+                net.fisher(inputs, Yc[r0:r1], loss=loss, kind=kind, structure=self.hessian,
                            out=out, accumulate=True)
             unit = self._unit_scale()
             if self.hessian == "full":
@@ -230,14 +231,14 @@ class Laplace:
                 post = _posterior.Diag(out.astype(np.float64) * unit)
             else:
                 post = _posterior.Kron(
-                    [_posterior.KronLayer(A, G, unit / max(n, 1), _posterior.kron_index(*layer))
+                    [_posterior.KronLayer(A, G, unit / max(n, 1), _posterior.kron_index(*layer),
+                                          net.dtype)
                      for A, G, layer in zip(*out, dense_layers(seeded_program(net)))],
                     self.n_params)
             self._fitted = _Fitted(
                 theta=theta, net=net, net_params=net.params.copy(), features=features,
                 posterior=post, n=n, outputs=K, data_term=data_term,
                 delta=theta[self._offset:].astype(np.float64) - self.prior_mean)
-            self._root = (None, None)
         return self
 
     def _net(self, theta: np.ndarray):
@@ -261,9 +262,10 @@ class Laplace:
             return h
         prog = model._program("features", lambda: compile(
             apply, spec((model.n_params,), model.dtype), model._x_spec(), dtype=model.dtype))
-        return net, lambda params, X: prog(params, X)
+        return net, lambda params, X, out=None: prog(params, X, out=out)
 
-    def _accumulators(self, net: Any, kind: str) -> Any:
+    def _accumulators(self, net: Any) -> Any:
+        """Zeroed arrays for the curvature's sums: the matrix, its diagonal, or (A, G) lists."""
         p = net.n_params
         if self.hessian == "diag":
             return np.zeros(p, net.dtype)
@@ -385,11 +387,10 @@ class Laplace:
 
     def _covariance_root(self) -> Tuple[_Fitted, _Hyper, Any]:
         f, h = self._state(), self._hyper
-        cached_h, root = self._root
-        if cached_h is not h:
-            root = f.posterior.covariance_root(self._noise_scale(h.sigma), h.lam,
-                                               h.kind == "scalar")
-            self._root = (h, root)
+        cached_f, cached_h, root = self._root
+        if cached_f is not f or cached_h is not h:
+            root = f.posterior.covariance_root(self._noise_scale(h.sigma), h.lam)
+            self._root = (f, h, root)
         return f, h, root
 
     @property
@@ -498,26 +499,24 @@ class Laplace:
         for r0 in range(0, M, t):
             r1 = min(M, r0 + t)
             n = r1 - r0
-            inputs = Xs[r0:r1] if f.features is None else f.features(f.theta, Xs[r0:r1])
+            inputs = (Xs[r0:r1] if f.features is None
+                      else f.features(f.theta, Xs[r0:r1], out=s["features"][:n]))
             F = s["mean"][:n]
             if need_mean:
                 F[...] = s["forward"](f.net_params, inputs, out=s["outputs"][:n])
             V = s["fvar"][:n]
             V[...] = 0.0
             if kron:
-                a64 = [a[:n] for a in s["a64"]]
+                a = [a[:n] for a in s["a"]]
                 d64 = [d[:, :n] for d in s["d64"]]
-                for k in range(K):
-                    C = s["C"][k][:n]
-                    layer_rows(s["seeded"], f.net_params, inputs, C,
-                               adjoints=[d[:n] for d in s["d"]],
-                               inputs=[a[:n] for a in s["a"]] if k == 0 else None)
+                if s["linear"]:  # one linear layer: ā = [x, 1], and δ_k = e_k for output k
+                    a[0][:, :inputs.shape[1]] = inputs
+                for k in range(0 if s["linear"] else K):
+                    layer_rows(s["seeded"], f.net_params, inputs, s["C"][k][:n],
+                               adjoints=[d[:n] for d in s["d"]], inputs=a if k == 0 else None)
                     for d, d_out in zip(s["d"], d64):
                         d_out[k] = d[:n]
-                    if k == 0:
-                        for a, a_out in zip(s["a"], a64):
-                            a_out[...] = a[:n]
-                f.posterior.functional_variance(root, a64, d64, V, s["kron"])
+                f.posterior.functional_variance(root, a, d64, V, s["kron"])
             else:
                 J = s["J"][:n]
                 for k in range(K):
@@ -537,14 +536,21 @@ class Laplace:
         s = {"key": key, "mean": np.empty((t, K)), "fvar": np.empty((t, K, K)),
              "seeded": seeded_program(net), "forward": net._forward_program(),
              "outputs": np.empty((t, K), net.dtype), "column": np.empty(t),
+             "features": np.empty((t, net.in_features), net.dtype),
              "C": [unit_rows(t, K, k, dtype=net.dtype) for k in range(K)]}
         if kron:
             layers = dense_layers(s["seeded"])
             s["a"] = [np.empty((t, k + (b is not None)), net.dtype) for _, b, k, _ in layers]
             s["d"] = [np.empty((t, o), net.dtype) for _, _, _, o in layers]
-            s["a64"] = [np.empty(a.shape) for a in s["a"]]
             s["d64"] = [np.empty((K,) + d.shape) for d in s["d"]]
             s["kron"] = f.posterior.scratch(f.posterior.layers, t, K)
+            last = net.layers[-1]
+            s["linear"] = len(net.layers) == 1 and last.activation is None
+            if s["linear"]:  # the rows that never change: the bias's 1s and the unit δ
+                if last.use_bias:
+                    s["a"][0][:, -1] = 1.0
+                for k in range(K):
+                    s["d64"][0][k] = np.eye(K)[k]
         else:
             s["J"], s["scratch"] = np.empty((t, K, P)), np.empty((t, K, P))
             s["rows"] = np.empty((t, P), net.dtype)

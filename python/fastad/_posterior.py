@@ -6,19 +6,22 @@ the likelihood's scale (σ⁻² or σ⁻⁴ for regression, 1 for classification
 precision of each parameter. What the marginal likelihood, its gradient, the predictive and
 sampling need of it:
 
-- ``logdet_and_traces(c, lam, groups)``: log det of the precision, and for each prior group g
+- ``logdet_and_traces(c, lam, groups, n_groups)``: log det of the precision, and for each prior group g
   (parameters sharing one prior precision) t_g = Σ_{i∈g} λ_i Σ_ii, Σ the covariance. They give
   the gradient: ∂ log det / ∂ log λ_g = t_g and ∂ log det / ∂ log c = P − Σ_g t_g. O(P) for the
   diagonal, the Kronecker factors and a full matrix with one prior precision (its eigenvalues
   shift); O(P³) for a full matrix with several.
-- ``functional_variance``, ``sample``, ``marginal_variance``, and the natural forms of the
-  precision and the covariance.
+- ``covariance_root(c, lam)`` (computed once per hyper-parameters), from which
+  ``functional_variance``, ``sample`` and ``covariance`` (the structure's natural form: the
+  matrix, or the marginal variances) work; and ``precision``.
 """
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
+
+from ._compile import compile, spec
 
 
 def _eigh(M: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -65,15 +68,12 @@ class Full:
         logdet = 2.0 * float(np.log(np.diagonal(L)).sum())
         return logdet, np.bincount(groups, lam * var, minlength=n_groups)
 
-    def covariance_root(self, c: float, lam: np.ndarray, scalar: bool) -> np.ndarray:
+    def covariance_root(self, c: float, lam: np.ndarray) -> np.ndarray:
         """S with Σ = S Sᵀ: L⁻ᵀ, L the precision's Cholesky factor."""
         return np.linalg.inv(self._cholesky(c, lam)).T
 
     def covariance(self, root: np.ndarray) -> np.ndarray:
         return root @ root.T
-
-    def marginal_variance(self, root: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", root, root)
 
     def functional_variance(self, root: np.ndarray, J: np.ndarray, out: np.ndarray,
                             scratch: np.ndarray) -> None:
@@ -103,13 +103,11 @@ class Diag:
         d = self.precision(c, lam)
         return float(np.log(d).sum()), np.bincount(groups, lam / d, minlength=n_groups)
 
-    def covariance_root(self, c: float, lam: np.ndarray, scalar: bool) -> np.ndarray:
+    def covariance_root(self, c: float, lam: np.ndarray) -> np.ndarray:
         return 1.0 / np.sqrt(self.precision(c, lam))  # the standard deviations
 
     def covariance(self, root: np.ndarray) -> np.ndarray:
         return root * root
-
-    marginal_variance = covariance
 
     def functional_variance(self, root: np.ndarray, J: np.ndarray, out: np.ndarray,
                             scratch: np.ndarray) -> None:
@@ -133,12 +131,20 @@ class KronLayer:
     """One dense layer's Kronecker factors, decomposed: its block of H₀ is
     scale·(G ⊗ A) in the order of the rows of [W | b], with scale = (unit factor)/N."""
 
-    def __init__(self, A: np.ndarray, G: np.ndarray, scale: float, index: np.ndarray) -> None:
+    def __init__(self, A: np.ndarray, G: np.ndarray, scale: float, index: np.ndarray,
+                 dtype: Any = np.float64) -> None:
         self.A, self.G, self.scale = np.asarray(A, np.float64), np.asarray(G, np.float64), scale
         self.sa, self.U = _eigh(self.A)
         self.sg, self.V = _eigh(self.G)
         # index[o * w + j]: where element (o, j) of [W | b] sits in the parameter vector.
         self.index = index
+        # The predictive's one large product, ā U (M × w × w), runs in the network's dtype on
+        # fastad's multithreaded GEMM.
+        self.dtype = np.dtype(dtype)
+        self.U_net = np.ascontiguousarray(self.U, self.dtype)
+        w = self.U.shape[0]
+        self.rotate = compile(lambda a, u: a @ u, spec((None, w), self.dtype),
+                              spec((w, w), self.dtype), dtype=self.dtype)
 
     def eigenvalues(self, c: float, lam: float) -> np.ndarray:
         """(n_out, w): the precision's eigenvalues c·scale·sg_o·sa_j + λ."""
@@ -178,34 +184,37 @@ class Kron:
                 t[groups[layer.index[0]]] += lam_l * (1.0 / e).sum()
         return logdet, t
 
-    def covariance_root(self, c: float, lam: np.ndarray, scalar: bool) -> List[np.ndarray]:
+    def covariance_root(self, c: float, lam: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
         """Per layer, 1/e (n_out, w): with the factors' eigenvectors, Σ_l = (V ⊗ U) diag(1/e)
-        (V ⊗ U)ᵀ."""
-        return [1.0 / l.eigenvalues(c, lam_l) for l, lam_l in zip(self.layers, self._lams(lam))]
+        (V ⊗ U)ᵀ; and its transpose in the network's dtype, for the predictive."""
+        inverse = [1.0 / l.eigenvalues(c, lam_l) for l, lam_l in zip(self.layers, self._lams(lam))]
+        return [(inv, np.ascontiguousarray(inv.T, l.dtype))
+                for l, inv in zip(self.layers, inverse)]
 
-    def marginal_variance(self, root: List[np.ndarray]) -> np.ndarray:
+    def covariance(self, root: List[Tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The marginal variances (P,): the blocks are never formed."""
         var = np.zeros(self.n_params)
-        for layer, inv in zip(self.layers, root):
+        for layer, (inv, _) in zip(self.layers, root):
             # Σ_(o,j),(o,j) = Σ_ab V_oa² U_jb² / e_ab.
             var[layer.index] = ((layer.V ** 2) @ inv @ (layer.U ** 2).T).ravel()
         return var
 
-    covariance = marginal_variance
-
-    def functional_variance(self, root: List[np.ndarray], inputs: List[np.ndarray],
-                            adjoints: List[np.ndarray], out: np.ndarray,
-                            scratch: List[Tuple[np.ndarray, ...]]) -> None:
+    def functional_variance(self, root: List[Tuple[np.ndarray, np.ndarray]],
+                            inputs: List[np.ndarray], adjoints: List[np.ndarray],
+                            out: np.ndarray, scratch: List[Tuple[np.ndarray, ...]]) -> None:
         """out (M, K, K) += J Σ Jᵀ from each layer's rows: J_k of a layer is δ_k āᵀ (rank one),
         so with z_k = Vᵀ δ_k and ã = (Uᵀ ā)², (J Σ Jᵀ)_kk' = Σ_o z_ko z_k'o Σ_j ã_j / e_oj.
-        `inputs[l]` (M, w), `adjoints[l]` (K, M, n_out); `scratch[l]` = buffers (M, w),
-        (M, n_out), (K, M, n_out), (K, M, n_out), (M, K, K) of at least M rows."""
+        `inputs[l]` (M, w) in the network's dtype, `adjoints[l]` (K, M, n_out) float64;
+        `scratch[l]` = buffers of `scratch()`, of at least M rows."""
         M = out.shape[0]
-        for layer, inv, a, d, bufs in zip(self.layers, root, inputs, adjoints, scratch):
-            aU, weights, z, zw, part = (bufs[0][:M], bufs[1][:M], bufs[2][:, :M],
-                                        bufs[3][:, :M], bufs[4][:M])
-            np.matmul(a, layer.U, out=aU)
+        for layer, (_, inv_t), a, d, bufs in zip(self.layers, root, inputs, adjoints, scratch):
+            aU, weights_net, weights, z, zw, part = (
+                bufs[0][:M], bufs[1][:M], bufs[2][:M], bufs[3][:, :M], bufs[4][:, :M],
+                bufs[5][:M])
+            layer.rotate(a, layer.U_net, out=aU)
             np.square(aU, out=aU)
-            np.matmul(aU, inv.T, out=weights)  # Σ_j ã_j / e_oj
+            np.matmul(aU, inv_t, out=weights_net)  # Σ_j ã_j / e_oj
+            weights[...] = weights_net
             np.matmul(d, layer.V, out=z)
             np.einsum("kmo,mo->kmo", z, weights, out=zw)  # (a broadcasting ufunc would buffer)
             np.matmul(zw.transpose(1, 0, 2), z.transpose(1, 2, 0), out=part)
@@ -214,14 +223,14 @@ class Kron:
     @staticmethod
     def scratch(layers: List["KronLayer"], M: int, K: int) -> List[Tuple[np.ndarray, ...]]:
         """The buffers `functional_variance` needs for M rows."""
-        return [(np.empty((M, l.U.shape[0])), np.empty((M, l.V.shape[0])),
-                 np.empty((K, M, l.V.shape[0])), np.empty((K, M, l.V.shape[0])),
-                 np.empty((M, K, K))) for l in layers]
+        return [(np.empty((M, l.U.shape[0]), l.dtype), np.empty((M, l.V.shape[0]), l.dtype),
+                 np.empty((M, l.V.shape[0])), np.empty((K, M, l.V.shape[0])),
+                 np.empty((K, M, l.V.shape[0])), np.empty((M, K, K))) for l in layers]
 
-    def sample(self, root: List[np.ndarray], z: np.ndarray) -> np.ndarray:
+    def sample(self, root: List[Tuple[np.ndarray, np.ndarray]], z: np.ndarray) -> np.ndarray:
         theta = np.zeros((z.shape[0], self.n_params))
         at = 0
-        for layer, inv in zip(self.layers, root):
+        for layer, (inv, _) in zip(self.layers, root):
             n, w = inv.shape
             Z = z[:, at:at + n * w].reshape(-1, n, w) * np.sqrt(inv)
             theta[:, layer.index] = (layer.V @ Z @ layer.U.T).reshape(-1, n * w)

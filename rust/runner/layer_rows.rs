@@ -9,7 +9,7 @@ use crate::float::Float;
 use crate::kernels::simd::dispatch;
 use crate::kernels::{scaled_into, SharedMut};
 use crate::plan::Plan;
-use crate::runner::mode::Seed;
+use crate::runner::per_sample::seeded_sweeps;
 use crate::runner::whole::Whole;
 use crate::sweep::{value, Frame};
 
@@ -49,12 +49,7 @@ pub fn layer_rows<T: Float>(
         let width = |l: usize| layers[l].input_width();
         check("inputs", inputs.len(), &width, inputs)?;
     }
-    whole.forward(plan, args, batch)?;
-    whole.backward(plan, args, batch, Seed::Ones)?;
-    let loss = whole
-        .output(plan, args, batch)
-        .iter()
-        .fold(T::zero(), |s, &v| s + v);
+    let loss = seeded_sweeps(plan, whole, args, batch)?;
     let frame = Frame::new(&plan.steps, args, batch);
     // A mean loss seeds each row with 1/N: scale it back to the sample's own term.
     let scale = T::from_f64(if ps.mean { batch as f64 } else { 1.0 });

@@ -30,14 +30,7 @@ pub fn per_sample_grad<T: Float>(
             out.len()
         )));
     }
-    // The batch's reverse sweep, untiled: each product's adjoint rows are needed whole.
-    whole.forward(plan, args, batch)?;
-    whole.backward(plan, args, batch, Seed::Ones)?;
-    // The loss, or the sum of the per-sample losses.
-    let loss = whole
-        .output(plan, args, batch)
-        .iter()
-        .fold(T::zero(), |s, &v| s + v);
+    let loss = seeded_sweeps(plan, whole, args, batch)?;
     // Each use writes its own range of every row; where uses share parameters (one weight read
     // twice) the later ones add to it, and ranges no use writes stay zero.
     if ps.covered < p {
@@ -95,4 +88,21 @@ pub fn per_sample_grad<T: Float>(
     };
     crate::parallel::for_chunks(batch, (1 << 15) / p.max(1), &rows);
     Ok(loss)
+}
+
+/// The batch's forward and reverse sweep, untiled (each product's adjoint rows are needed whole),
+/// seeded with ones: every row's adjoints belong to its own sample's loss term (times 1/N for a
+/// mean). Returns the loss, or the sum of the per-sample losses.
+pub(crate) fn seeded_sweeps<T: Float>(
+    plan: &Plan<T>,
+    whole: &mut Whole<T>,
+    args: &[&[T]],
+    batch: usize,
+) -> Result<T> {
+    whole.forward(plan, args, batch)?;
+    whole.backward(plan, args, batch, Seed::Ones)?;
+    Ok(whole
+        .output(plan, args, batch)
+        .iter()
+        .fold(T::zero(), |s, &v| s + v))
 }
