@@ -4,7 +4,7 @@
 //! (or, for the sums, by output rows); each output element is computed by one thread in a fixed
 //! order, so results do not depend on the thread count. Nothing here allocates in steady state.
 use crate::float::Float;
-use crate::kernels::gemm::{gemm, workspace_len, Operand};
+use crate::kernels::gemm::{gram_upper, mirror_upper, workspace_len};
 use crate::kernels::simd::dispatch;
 use crate::kernels::{outer_rows, scaled, SharedMut};
 use std::cell::RefCell;
@@ -51,18 +51,17 @@ thread_local! {
     static WORKSPACE_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
-/// out (p × p) = Σ_b g_b g_bᵀ = GᵀG, by the GEMM; with `accumulate`, out += GᵀG (so a sum
-/// over a large batch can stream through it tile by tile). Its packing space is kept per calling
-/// thread and grown only for a larger product than before.
+/// out (p × p) = Σ_b g_b g_bᵀ = GᵀG, by the GEMM, its upper triangle computed and mirrored
+/// (the sum is symmetric: half the work); with `accumulate`, out += GᵀG (so a sum over a large
+/// batch can stream through it tile by tile; out is taken as symmetric, its upper triangle
+/// being what is added to). Its packing space is kept per calling thread and grown only for a
+/// larger product than before.
 pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
     assert!(g.len() == n * p && out.len() == p * p);
     let need = workspace_len(p, p, n, crate::parallel::num_threads());
     let mut run = |ws: &mut [T]| {
-        let op = |transposed| Operand {
-            data: g,
-            transposed,
-        };
-        gemm((p, p, n), op(true), op(false), out, accumulate, ws);
+        gram_upper(g, n, p, out, accumulate, ws);
+        mirror_upper(out, p);
     };
     // The thread-local buffer of T's own type (f32 or f64).
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
@@ -132,7 +131,7 @@ mod tests {
     fn outer_products_match_the_definition() {
         for threads in [1, 2] {
             crate::parallel::set_num_threads(threads);
-            for &(n, p) in &[(0, 3), (1, 1), (5, 4), (300, 17), (3, 200)] {
+            for &(n, p) in &[(0, 3), (1, 1), (5, 4), (300, 17), (3, 200), (257, 300)] {
                 let g = sample(n, p);
                 let mut full = vec![f64::NAN; n * p * p];
                 let mut packed = vec![f64::NAN; n * packed_len(p)];

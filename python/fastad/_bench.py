@@ -388,7 +388,7 @@ def _laplace_jax(model, X, Y, Xs):
         return f(t, xs), var
 
     run = lambda: jax.block_until_ready(laplace(theta, x, y, xs))  # noqa: E731
-    return [("JAX jit(jacrev + eigh + MacKay + predict)", run)]
+    return [("JAX jit: jacrev, eigh, MacKay, predict", run)]
 
 
 def kron_rows(n: int) -> List[Tuple[str, float]]:
@@ -404,9 +404,9 @@ def kron_rows(n: int) -> List[Tuple[str, float]]:
     cases = [
         ("fastad value_and_grad(X, Y, out=g)",
          lambda: model.value_and_grad(X, Y, loss="mse", out=g)),
-        ("fastad fisher(kind='ggn', 'kron')",
+        ("fastad fisher(ggn, structure=kron)",
          lambda: model.fisher(X, Y, loss="mse", kind="ggn", structure="kron", out=out)),
-        ("fastad fisher(kind='empirical', 'kron')",
+        ("fastad fisher(empirical, kron)",
          lambda: model.fisher(X, Y, loss="mse", kind="empirical", structure="kron", out=out)),
     ]
     return _timed(cases)

@@ -92,8 +92,9 @@ def outer(G: Any, out: Optional[NDArray[Any]] = None, packed: bool = False) -> N
     (row by row) with `packed`. float32 G computes in float32, anything else in float64."""
 def outer_sum(G: Any, out: Optional[NDArray[Any]] = None,
               accumulate: bool = False) -> NDArray[Any]:
-    """Σ_b g_b g_bᵀ = GᵀG, (P, P): the empirical Fisher of per-sample gradients G (N, P).
-    With `accumulate=True` (and `out`), out += GᵀG."""
+    """Σ_b g_b g_bᵀ = GᵀG, (P, P): the empirical Fisher of per-sample gradients G (N, P),
+    one triangle computed and mirrored. With `accumulate=True` (and `out`), out += GᵀG, out
+    taken as symmetric (its upper triangle is what is added to)."""
 def outer_diag(G: Any, out: Optional[NDArray[Any]] = None,
                accumulate: bool = False) -> NDArray[Any]:
     """Σ_b g_b², (P,): the diagonal of outer_sum. With `accumulate=True` (and `out`), out += Σ_b g_b²."""

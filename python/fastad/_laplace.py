@@ -516,7 +516,8 @@ class Laplace:
                                adjoints=[d[:n] for d in s["d"]], inputs=a if k == 0 else None)
                     for d, d_out in zip(s["d"], d64):
                         d_out[k] = d[:n]
-                f.posterior.functional_variance(root, a, d64, V, s["kron"])
+                f.posterior.functional_variance(root, a, [None] if s["linear"] else d64, V,
+                                                s["kron"])
             else:
                 J = s["J"][:n]
                 for k in range(K):
@@ -546,11 +547,8 @@ class Laplace:
             s["kron"] = f.posterior.scratch(f.posterior.layers, t, K)
             last = net.layers[-1]
             s["linear"] = len(net.layers) == 1 and last.activation is None
-            if s["linear"]:  # the rows that never change: the bias's 1s and the unit δ
-                if last.use_bias:
-                    s["a"][0][:, -1] = 1.0
-                for k in range(K):
-                    s["d64"][0][k] = np.eye(K)[k]
+            if s["linear"] and last.use_bias:  # the bias's 1s never change
+                s["a"][0][:, -1] = 1.0
         else:
             s["J"], s["scratch"] = np.empty((t, K, P)), np.empty((t, K, P))
             s["rows"] = np.empty((t, P), net.dtype)

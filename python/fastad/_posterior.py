@@ -145,6 +145,7 @@ class KronLayer:
         w = self.U.shape[0]
         self.rotate = compile(lambda a, u: a @ u, spec((None, w), self.dtype),
                               spec((w, w), self.dtype), dtype=self.dtype)
+        self.outer_rows: Optional[np.ndarray] = None  # V_ko V_k'o, (n_out, n_out²), when needed
 
     def eigenvalues(self, c: float, lam: float) -> np.ndarray:
         """(n_out, w): the precision's eigenvalues c·scale·sg_o·sa_j + λ."""
@@ -204,9 +205,10 @@ class Kron:
                             out: np.ndarray, scratch: List[Tuple[np.ndarray, ...]]) -> None:
         """out (M, K, K) += J Σ Jᵀ from each layer's rows: J_k of a layer is δ_k āᵀ (rank one),
         so with z_k = Vᵀ δ_k and ã = (Uᵀ ā)², (J Σ Jᵀ)_kk' = Σ_o z_ko z_k'o Σ_j ã_j / e_oj.
-        `inputs[l]` (M, w) in the network's dtype, `adjoints[l]` (K, M, n_out) float64;
-        `scratch[l]` = buffers of `scratch()`, of at least M rows."""
-        M = out.shape[0]
+        `inputs[l]` (M, w) in the network's dtype, `adjoints[l]` (K, M, n_out) float64, or None
+        for the outputs' own linear layer (δ_k = e_k); `scratch[l]` = buffers of `scratch()`,
+        of at least M rows."""
+        M, K = out.shape[:2]
         for layer, (_, inv_t), a, d, bufs in zip(self.layers, root, inputs, adjoints, scratch):
             aU, weights_net, weights, z, zw, part = (
                 bufs[0][:M], bufs[1][:M], bufs[2][:M], bufs[3][:, :M], bufs[4][:, :M],
@@ -215,6 +217,14 @@ class Kron:
             np.square(aU, out=aU)
             np.matmul(aU, inv_t, out=weights_net)  # Σ_j ã_j / e_oj
             weights[...] = weights_net
+            if d is None:
+                # δ_k = e_k (the outputs' own linear layer): z_k = V[k], the same for every
+                # row, so (J Σ Jᵀ)_kk' = Σ_o V_ko V_k'o w_o, one product with V_ko V_k'o.
+                if layer.outer_rows is None:
+                    layer.outer_rows = np.einsum("ko,lo->okl", layer.V, layer.V).reshape(K, K * K)
+                np.matmul(weights, layer.outer_rows, out=part.reshape(M, K * K))
+                out += part
+                continue
             np.matmul(d, layer.V, out=z)
             np.einsum("kmo,mo->kmo", z, weights, out=zw)  # (a broadcasting ufunc would buffer)
             np.matmul(zw.transpose(1, 0, 2), z.transpose(1, 2, 0), out=part)

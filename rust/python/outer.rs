@@ -121,8 +121,9 @@ pub fn outer<'py>(
     dispatch(G, out, Kind::Each { packed })
 }
 
-/// F = Σ_b g_b g_bᵀ = GᵀG (P, P): the empirical Fisher of per-sample gradients G (N, P).
-/// With `accumulate=True`, out += GᵀG (to stream a large batch through it in pieces).
+/// F = Σ_b g_b g_bᵀ = GᵀG (P, P): the empirical Fisher of per-sample gradients G (N, P),
+/// computed as one triangle and mirrored. With `accumulate=True`, out += GᵀG (to stream a
+/// large batch through it in pieces; out is taken as symmetric: its upper triangle is added to).
 #[pyfunction]
 #[pyo3(signature = (G, out=None, accumulate=false))]
 #[allow(non_snake_case)]

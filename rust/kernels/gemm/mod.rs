@@ -118,6 +118,7 @@ fn gemm_at<T: Float>(
             b: a.transposed(),
             c: c.transposed(),
             prepacked_b: std::ptr::null(),
+            upper: false,
         }
     } else {
         Problem {
@@ -128,10 +129,72 @@ fn gemm_at<T: Float>(
             b,
             c,
             prepacked_b: std::ptr::null(),
+            upper: false,
         }
     };
     // SAFETY: the views cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+}
+
+/// The upper triangle (with the diagonal) of C (p×p) = GᵀG for G (n×p, row-major), or C += GᵀG
+/// when `accumulate`, at about half a product's work; the strictly lower triangle is left as
+/// it was except where a micro-tile crosses the diagonal. `mirror_upper` completes C. The
+/// workspace is `gemm`'s for (p, p, n).
+pub fn gram_upper<T: Float>(
+    g: &[T],
+    n: usize,
+    p: usize,
+    c: &mut [T],
+    accumulate: bool,
+    workspace: &mut [T],
+) {
+    assert!(g.len() >= n * p && c.len() >= p * p);
+    if empty_product(p, p, n, c, accumulate) {
+        return;
+    }
+    if n == 1 || p == 1 {
+        let op = |transposed| Operand {
+            data: g,
+            transposed,
+        };
+        return gemm((p, p, n), op(true), op(false), c, accumulate, workspace);
+    }
+    let level = simd::level();
+    let (mr, nr) = T::tile_shape(level);
+    let g = Operand {
+        data: g,
+        transposed: false,
+    };
+    let problem = Problem {
+        m: p,
+        n: p,
+        k: n,
+        a: g.view(n, p).transposed(),
+        b: g.view(n, p),
+        c: Out {
+            ptr: c.as_mut_ptr(),
+            row_stride: p,
+            col_stride: 1,
+        },
+        prepacked_b: std::ptr::null(),
+        upper: true,
+    };
+    // SAFETY: the views cover the slices checked above.
+    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+}
+
+/// Copies C's upper triangle (p×p) onto its lower one, block by block so both stay in cache.
+pub fn mirror_upper<T: Float>(c: &mut [T], p: usize) {
+    const B: usize = 64;
+    for i0 in (0..p).step_by(B) {
+        for j0 in (0..=i0).step_by(B) {
+            for i in i0..(i0 + B).min(p) {
+                for j in j0..(j0 + B).min(i) {
+                    c[i * p + j] = c[j * p + i];
+                }
+            }
+        }
+    }
 }
 
 /// C (m×n) (+)= A B when m or n is 1. As a row, c (1×n') = a (1×k) B' with B' = B, or = Aᵀ and
@@ -257,6 +320,7 @@ pub fn gemm_prepacked<T: Float>(
             col_stride: 1,
         },
         prepacked_b: packed_b.as_ptr(),
+        upper: false,
     };
     // SAFETY: the operands cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
@@ -292,6 +356,10 @@ struct Problem<T> {
     c: Out<T>,
     /// B already packed whole by `pack_whole_b` (null: pack or read B as the product goes).
     prepacked_b: *const T,
+    /// Only C's upper triangle is wanted (C = AᵀA is symmetric): micro-tiles wholly below the
+    /// diagonal are skipped, and row blocks go to the threads in turn (the triangle's rows
+    /// carry unequal work).
+    upper: bool,
 }
 
 // SAFETY: a Problem only reads A and B (and the prepacked B) and writes disjoint tiles of C.
@@ -376,7 +444,16 @@ impl<T: Float> Problem<T> {
                             crate::parallel::split(panels, per_block, part),
                         )
                     };
-                    for blk in rows {
+                    let mine = |blk: usize| match self.upper && blocks >= threads {
+                        true => blk % tasks == t,
+                        false => rows.contains(&blk),
+                    };
+                    let all = if self.upper && blocks >= threads {
+                        0..blocks
+                    } else {
+                        rows.clone()
+                    };
+                    for blk in all.filter(|&b| mine(b)) {
                         let ic = blk * mc;
                         unsafe {
                             self.tiles(
@@ -435,6 +512,9 @@ impl<T: Float> Problem<T> {
             }
         };
         let tile = |i0: usize, j0: usize| {
+            if self.upper && ic + i0 >= blk.jc + j0 + nr {
+                return; // wholly below the diagonal
+            }
             let ((a, a_row, a_depth), (b, b_depth)) = (sliver_src(i0), panel_src(j0));
             let c = self
                 .c
