@@ -43,7 +43,8 @@ class _Fitted:
 
 
 class _Hyper:
-    """Prior precision per parameter, its groups, and σ; replaced whole when they change."""
+    """The prior precision of each parameter, the form it was given in ("scalar", "layer" or
+    "param"), and σ; replaced whole when any of them changes."""
 
     def __init__(self, lam: np.ndarray, kind: str, sigma: float) -> None:
         self.lam, self.kind, self.sigma = lam, kind, sigma
