@@ -1,8 +1,9 @@
 //! Batched outer products of per-sample vectors, as Laplace approximations need them: for G
 //! (N × P) with rows g_b, every g_b g_bᵀ (whole or its upper triangle), their sum GᵀG (the
 //! empirical Fisher) and its diagonal Σ_b g_b². Work is split over the thread pool by samples
-//! (or, for the sums, by output rows); each output element is computed by one thread in a fixed
-//! order, so results do not depend on the thread count. Nothing here allocates in steady state.
+//! (or, for the sums, by output rows, or for a narrow G by a fixed number of sample parts);
+//! every sum is taken in an order fixed by the sizes alone, so results do not depend on the
+//! thread count. Nothing here allocates in steady state.
 use crate::float::Float;
 use crate::kernels::gemm::{gram_upper, mirror_upper, workspace_len};
 use crate::kernels::simd::dispatch;
@@ -11,6 +12,12 @@ use std::cell::RefCell;
 
 /// Output elements below which a product runs on the calling thread.
 const PARALLEL_MIN: usize = 1 << 15;
+/// `outer_sum` splits the samples of a G at most this wide into `SAMPLE_PARTS` parts of at
+/// least `MIN_PART_ROWS` rows (8 parts keep up to 8 threads busy; their partial sums take
+/// 8·P² elements of workspace).
+const NARROW_P: usize = 128;
+const SAMPLE_PARTS: usize = 8;
+const MIN_PART_ROWS: usize = 64;
 
 /// Elements per sample of the packed form: the upper triangle, P(P+1)/2.
 pub fn packed_len(p: usize) -> usize {
@@ -58,9 +65,55 @@ thread_local! {
 /// larger product than before.
 pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
     assert!(g.len() == n * p && out.len() == p * p);
-    let need = workspace_len(p, p, n, crate::parallel::num_threads());
+    // A narrow G (small P, many samples) gives the GEMM too few output tiles to share among
+    // threads: split the samples instead, into a fixed number of parts (so the sums' order,
+    // and the result, do not depend on the thread count), each summed on its own, then added
+    // in order.
+    let parts = if p <= NARROW_P && n >= SAMPLE_PARTS * MIN_PART_ROWS {
+        SAMPLE_PARTS
+    } else {
+        1
+    };
+    let part_ws = workspace_len(p, p, n.div_ceil(parts), 1);
+    let need = if parts > 1 {
+        parts * (part_ws + p * p)
+    } else {
+        workspace_len(p, p, n, crate::parallel::num_threads())
+    };
     let mut run = |ws: &mut [T]| {
-        gram_upper(g, n, p, out, accumulate, ws);
+        if parts == 1 {
+            gram_upper(g, n, p, out, accumulate, ws);
+        } else {
+            let shared = SharedMut::new(ws);
+            crate::parallel::run(parts, &|t| {
+                // SAFETY: part t alone uses its range of the workspace.
+                let mine =
+                    unsafe { shared.range(t * (part_ws + p * p)..(t + 1) * (part_ws + p * p)) };
+                let (partial, ws) = mine.split_at_mut(p * p);
+                let rows = crate::parallel::split(n, parts, t);
+                gram_upper(
+                    &g[rows.start * p..rows.end * p],
+                    rows.len(),
+                    p,
+                    partial,
+                    false,
+                    ws,
+                );
+            });
+            if !accumulate {
+                out.fill(T::zero());
+            }
+            for t in 0..parts {
+                let partial = &ws[t * (part_ws + p * p)..][..p * p];
+                for i in 0..p {
+                    let (o, q) = (
+                        &mut out[i * p + i..(i + 1) * p],
+                        &partial[i * p + i..(i + 1) * p],
+                    );
+                    o.iter_mut().zip(q).for_each(|(o, &q)| *o += q);
+                }
+            }
+        }
         mirror_upper(out, p);
     };
     // The thread-local buffer of T's own type (f32 or f64).
@@ -131,7 +184,15 @@ mod tests {
     fn outer_products_match_the_definition() {
         for threads in [1, 2] {
             crate::parallel::set_num_threads(threads);
-            for &(n, p) in &[(0, 3), (1, 1), (5, 4), (300, 17), (3, 200), (257, 300)] {
+            for &(n, p) in &[
+                (0, 3),
+                (1, 1),
+                (5, 4),
+                (300, 17),
+                (3, 200),
+                (257, 300),
+                (777, 65),
+            ] {
                 let g = sample(n, p);
                 let mut full = vec![f64::NAN; n * p * p];
                 let mut packed = vec![f64::NAN; n * packed_len(p)];

@@ -22,6 +22,29 @@ def test_outer_products_match_einsum(n, p, dtype, tol, threads):
     assert_close_rel(fa.outer_diag(G), np.einsum("bi,bi->i", G64, G64), tol)
 
 
+@pytest.mark.parametrize("n,p", [(5000, 65), (700, 300)])
+def test_outer_sum_is_symmetric_and_independent_of_the_thread_count(n, p):
+    """One triangle is computed and mirrored, and a narrow G's samples are split into a fixed
+    number of parts: the same bits on 1 and on 2 threads, and against einsum; accumulating adds
+    to the upper triangle of a symmetric out."""
+    G = np.random.default_rng(p).standard_normal((n, p)).astype(np.float32)
+    old = fa.get_num_threads()
+    try:
+        sums = []
+        for t in (1, 2):
+            fa.set_num_threads(t)
+            sums.append(fa.outer_sum(G))
+    finally:
+        fa.set_num_threads(old)
+    assert np.array_equal(sums[0], sums[1])
+    assert np.array_equal(sums[0], sums[0].T)
+    G64 = G.astype(np.float64)
+    assert_close_rel(sums[0], G64.T @ G64, 1e-5)
+    F = sums[0].copy()
+    fa.outer_sum(G, out=F, accumulate=True)
+    assert_close_rel(F, 2 * (G64.T @ G64), 1e-5)
+
+
 def test_out_arrays_are_filled_and_returned_without_allocating():
     G = np.random.default_rng(0).standard_normal((128, 97)).astype(np.float32)
     H = np.empty((128, 97, 97), np.float32)
