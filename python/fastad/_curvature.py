@@ -127,12 +127,10 @@ def seeded_program(model: Any) -> Any:
         spec((None, model.out_features), model.dtype), wrt=0, dtype=model.dtype))
 
 
-def _seeded_rows(model: Any, X: np.ndarray, C: np.ndarray, out: np.ndarray,
-                 params: Optional[np.ndarray] = None) -> None:
+def _seeded_rows(model: Any, X: np.ndarray, C: np.ndarray, out: np.ndarray) -> None:
     """out[b] = J_bᵀ C[b]: each sample's vector-Jacobian product with its own cotangent row,
-    as the per-sample gradients of Σ_b f(x_b)·C[b] (at `params`, by default the model's)."""
-    p = model.params if params is None else params
-    seeded_program(model).per_sample_grad(p, X, C, out=out)
+    as the per-sample gradients of Σ_b f(x_b)·C[b]."""
+    seeded_program(model).per_sample_grad(model.params, X, C, out=out)
 
 
 def _checked(model: Any, X: Any, Y: Any, loss: Any, kind: str):
