@@ -1,7 +1,7 @@
 //! A program's dense layers and their per-sample rows (`runner/layer_rows.rs`), for the Python
 //! layer's Kronecker factors and Laplace predictive: module functions over a `Program`, checked
 //! like every call (dtype, exact shapes, no aliasing) and run without the GIL.
-use super::arrays::{check_no_aliasing, input_view, out_view, InView, OutName, OutView};
+use super::arrays::{check_no_aliasing, out_view, OutName, OutView};
 use super::dtype::typed;
 use super::errors::{run_detached, to_py_err};
 use super::program::{LockedProgram, Program, SendPtr};
@@ -64,16 +64,7 @@ fn rows<'py, T: Float + Element>(
     };
     let name = |k: usize| program.arg_name(k);
     let mut batch = BatchSize::default();
-    let mut ins: SmallVec<[InView; 8]> = SmallVec::new();
-    for (k, &shape) in program.arg_shapes.iter().enumerate() {
-        ins.push(input_view::<T>(
-            &args.get_item(k)?,
-            &name,
-            k,
-            shape,
-            &mut batch,
-        )?);
-    }
+    let ins = program.arg_views::<T>(args, &mut batch)?;
     let n = batch.get();
     let views = |list: &Bound<'py, PyList>, what: &'static str, width: &dyn Fn(usize) -> usize| {
         if list.len() != layers.len() {

@@ -240,6 +240,21 @@ impl Program {
         typed!(&self.typed, p => self.call(p, args, out, value_out, mode))
     }
 
+    /// The program's arguments, the first items of `args`, viewed in place where possible and
+    /// checked against their shapes; `batch` learns the batch size they imply.
+    pub(super) fn arg_views<'py, T: Float + Element>(
+        &self,
+        args: &Bound<'py, PyTuple>,
+        batch: &mut BatchSize,
+    ) -> PyResult<SmallVec<[InView<'py>; 8]>> {
+        let name = |k: usize| self.arg_name(k);
+        let mut views = SmallVec::new();
+        for (k, &shape) in self.arg_shapes.iter().enumerate() {
+            views.push(input_view::<T>(&args.get_item(k)?, &name, k, shape, batch)?);
+        }
+        Ok(views)
+    }
+
     /// Argument `k` in messages: "argument 1 (X)", or the cotangent.
     pub(super) fn arg_name(&self, k: usize) -> String {
         arg_label(k, &self.arg_names, self.arg_shapes.len(), self.output_shape)
@@ -313,16 +328,7 @@ impl Program {
         }
         let mut batch = BatchSize::default();
         let name = |k: usize| self.arg_name(k);
-        let mut inputs = SmallVec::new();
-        for (k, &shape) in self.arg_shapes.iter().enumerate() {
-            inputs.push(input_view::<T>(
-                &args.get_item(k)?,
-                &name,
-                k,
-                shape,
-                &mut batch,
-            )?);
-        }
+        let mut inputs = self.arg_views::<T>(args, &mut batch)?;
         if mode == Mode::Vjp {
             let c = args.get_item(n_args)?;
             let view = input_view::<T>(&c, &name, n_args, self.output_shape, &mut batch)?;
