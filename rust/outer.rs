@@ -75,8 +75,10 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulat
         1
     };
     let part_ws = workspace_len(p, p, n.div_ceil(parts), 1);
+    // Part t's range of the workspace: its partial sum (p × p), then its packing space.
+    let part = |t: usize| t * (part_ws + p * p)..(t + 1) * (part_ws + p * p);
     let need = if parts > 1 {
-        parts * (part_ws + p * p)
+        part(parts).start
     } else {
         workspace_len(p, p, n, crate::parallel::num_threads())
     };
@@ -87,9 +89,7 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulat
             let shared = SharedMut::new(ws);
             crate::parallel::run(parts, &|t| {
                 // SAFETY: part t alone uses its range of the workspace.
-                let mine =
-                    unsafe { shared.range(t * (part_ws + p * p)..(t + 1) * (part_ws + p * p)) };
-                let (partial, ws) = mine.split_at_mut(p * p);
+                let (partial, ws) = unsafe { shared.range(part(t)) }.split_at_mut(p * p);
                 let rows = crate::parallel::split(n, parts, t);
                 gram_upper(
                     &g[rows.start * p..rows.end * p],
@@ -104,7 +104,7 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulat
                 out.fill(T::zero());
             }
             for t in 0..parts {
-                let partial = &ws[t * (part_ws + p * p)..][..p * p];
+                let partial = &ws[part(t)][..p * p];
                 for i in 0..p {
                     let (o, q) = (
                         &mut out[i * p + i..(i + 1) * p],

@@ -444,16 +444,12 @@ impl<T: Float> Problem<T> {
                             crate::parallel::split(panels, per_block, part),
                         )
                     };
-                    let mine = |blk: usize| match self.upper && blocks >= threads {
-                        true => blk % tasks == t,
-                        false => rows.contains(&blk),
+                    // The triangle's blocks in turn (t, t + tasks, …); else a contiguous run.
+                    let (mine, step) = match self.upper && blocks >= threads {
+                        true => (t..blocks, tasks),
+                        false => (rows, 1),
                     };
-                    let all = if self.upper && blocks >= threads {
-                        0..blocks
-                    } else {
-                        rows.clone()
-                    };
-                    for blk in all.filter(|&b| mine(b)) {
+                    for blk in mine.step_by(step) {
                         let ic = blk * mc;
                         unsafe {
                             self.tiles(
