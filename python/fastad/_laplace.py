@@ -530,12 +530,11 @@ class Laplace:
 
     def _buffers(self, f: _Fitted, t: int, kron: bool) -> dict:
         """This thread's buffers for tiles of t rows (made on first use, then reused)."""
-        key = (id(f), t)
         s = getattr(self._scratch, "buffers", None)
-        if s is not None and s["key"] == key:
+        if s is not None and s["fit"] is f and s["tile"] == t:
             return s
         net, K, P = f.net, self.model.out_features, self.n_params
-        s = {"key": key, "mean": np.empty((t, K)), "fvar": np.empty((t, K, K)),
+        s = {"fit": f, "tile": t, "mean": np.empty((t, K)), "fvar": np.empty((t, K, K)),
              "seeded": seeded_program(net), "forward": net._forward_program(),
              "outputs": np.empty((t, K), net.dtype), "column": np.empty(t),
              "features": np.empty((t, net.in_features), net.dtype),

@@ -142,10 +142,16 @@ class KronLayer:
         # fastad's multithreaded GEMM.
         self.dtype = np.dtype(dtype)
         self.U_net = np.ascontiguousarray(self.U, self.dtype)
-        w = self.U.shape[0]
-        self.rotate = compile(lambda a, u: a @ u, spec((None, w), self.dtype),
-                              spec((w, w), self.dtype), dtype=self.dtype)
+        self._rotate: Any = None  # its program, compiled by the first predictive
         self.outer_rows: Optional[np.ndarray] = None  # V_ko V_k'o, (n_out, n_out²), when needed
+
+    def rotate(self, a: np.ndarray, out: np.ndarray) -> None:
+        """out = ā U (M × w)."""
+        if self._rotate is None:
+            w = self.U.shape[0]
+            self._rotate = compile(lambda a, u: a @ u, spec((None, w), self.dtype),
+                                   spec((w, w), self.dtype), dtype=self.dtype)
+        self._rotate(a, self.U_net, out=out)
 
     def eigenvalues(self, c: float, lam: float) -> np.ndarray:
         """(n_out, w): the precision's eigenvalues c·scale·sg_o·sa_j + λ."""
@@ -213,7 +219,7 @@ class Kron:
             aU, weights_net, weights, z, zw, part = (
                 bufs[0][:M], bufs[1][:M], bufs[2][:M], bufs[3][:, :M], bufs[4][:, :M],
                 bufs[5][:M])
-            layer.rotate(a, layer.U_net, out=aU)
+            layer.rotate(a, out=aU)
             np.square(aU, out=aU)
             np.matmul(aU, inv_t, out=weights_net)  # Σ_j ã_j / e_oj
             weights[...] = weights_net
