@@ -7,6 +7,7 @@
 //! a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large products
 //! split the tiles over the thread pool; each tile is computed by one thread in a fixed order,
 //! so results do not depend on the thread count.
+mod gram;
 pub(crate) mod microkernel;
 mod pack;
 
@@ -139,7 +140,8 @@ fn gemm_at<T: Float>(
 /// The upper triangle (with the diagonal) of C (p×p) = GᵀG for G (n×p, row-major), or C += GᵀG
 /// when `accumulate`, at about half a product's work; the strictly lower triangle is left as
 /// it was except where a micro-tile crosses the diagonal. `mirror_upper` completes C. The
-/// workspace is `gemm`'s for (p, p, n).
+/// workspace is `gemm`'s for (p, p, n). A narrow G (up to 128 columns) is read in place, on
+/// the calling thread (`gram.rs`).
 pub fn gram_upper<T: Float>(
     g: &[T],
     n: usize,
@@ -160,6 +162,10 @@ pub fn gram_upper<T: Float>(
         return gemm((p, p, n), op(true), op(false), c, accumulate, workspace);
     }
     let level = simd::level();
+    if gram::direct_fits(T::tile_shape(level), p) {
+        // SAFETY: `level` is this CPU's.
+        return unsafe { gram::gram_direct(level, g, n, p, c, accumulate) };
+    }
     let (mr, nr) = T::tile_shape(level);
     let g = Operand {
         data: g,
@@ -683,6 +689,46 @@ mod tests {
                 gemm_prepacked((m, n, k), op(&a, false), &packed, &mut c, false, &mut ws);
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (k as f64).sqrt());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gram_upper_matches_the_definition_at_every_level() {
+        crate::parallel::set_num_threads(2);
+        // Widths below, at and between the kernels' NR (8, 16, 32), past the direct path's
+        // 128; depths of one row, of part of a block and of several L1 blocks.
+        for p in [1, 3, 8, 10, 16, 17, 20, 33, 64, 100, 128, 129, 200] {
+            for n in [1, 7, 300, 1100] {
+                let g: Vec<f64> = (0..n * p).map(|i| (i as f64 * 0.37).sin()).collect();
+                let want = reference(p, p, n, &g, true, &g, false);
+                let close = |c: &[f64], offset: f64, what: &str| {
+                    for i in 0..p {
+                        for j in i..p {
+                            let (x, y) = (c[i * p + j] - offset, want[i * p + j]);
+                            assert!(
+                                (x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (n as f64).sqrt(),
+                                "{what} p={p} n={n}: C[{i},{j}] = {x}, want {y}"
+                            );
+                        }
+                    }
+                };
+                for accumulate in [false, true] {
+                    let start = if accumulate { 1.0 } else { f64::NAN };
+                    let offset = if accumulate { 1.0 } else { 0.0 };
+                    let mut c = vec![start; p * p];
+                    let mut ws = vec![0.0; workspace_len(p, p, n, 2)];
+                    gram_upper(&g, n, p, &mut c, accumulate, &mut ws);
+                    close(&c, offset, "gram_upper");
+                    for level in levels() {
+                        if gram::direct_fits(f64::tile_shape(level), p) {
+                            let mut c = vec![start; p * p];
+                            // SAFETY: `levels` lists this CPU's.
+                            unsafe { gram::gram_direct(level, &g, n, p, &mut c, accumulate) };
+                            close(&c, offset, &format!("gram_direct {level:?}"));
+                        }
+                    }
                 }
             }
         }

@@ -1,0 +1,100 @@
+//! The upper triangle of a narrow Gram matrix C = GᵀG (G: n × p row-major, p from one kernel
+//! width NR to `DIRECT_MAX_P`), the Kronecker factors' shape: many samples, few columns. Here
+//! the packing the general product does costs as much as the arithmetic, and its MR × NR tiles
+//! fit p poorly, so the micro-kernel reads G where it lies, in blocks of rows that stay in L1:
+//! a sliver of A is MR columns of G (a_row = 1, a_depth = p), a panel of B is NR columns.
+//! Slivers and panels that would run past column p are shifted back inside it and computed
+//! into a small buffer, of which only the columns not already covered are added.
+use super::microkernel::{Dest, Src};
+use crate::float::Float;
+use crate::kernels::simd::Level;
+
+/// The widest G read in place; wider ones are packed by the general product.
+pub(super) const DIRECT_MAX_P: usize = 128;
+/// Bytes of G's rows per depth block: half of a 32 kB L1 data cache.
+const BLOCK_BYTES: usize = 16 << 10;
+/// The largest MR × NR of any kernel (AVX-512 f32: 12 × 32).
+const MAX_TILE: usize = 12 * 32;
+
+/// Whether `gram_direct` takes a G of p columns with the kernels of (mr, nr).
+pub(super) fn direct_fits((_, nr): (usize, usize), p: usize) -> bool {
+    (nr..=DIRECT_MAX_P).contains(&p)
+}
+
+/// The starts of the slivers (or panels) of `width` covering 0..p, and from which index each
+/// one's results are new: all tiles start at multiples of `width`, except a last one shifted
+/// back to end at p, whose first indices the previous tile covered.
+fn starts(p: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+    let whole = p / width;
+    let shifted = (!p.is_multiple_of(width)).then_some((p - width, whole * width));
+    (0..whole)
+        .map(move |t| (t * width, t * width))
+        .chain(shifted)
+}
+
+/// C's upper triangle (p × p, with the diagonal; tiles crossing it also write some entries
+/// below it) = GᵀG, or += when `accumulate`, on the calling thread. `direct_fits` must hold.
+///
+/// # Safety
+/// `level`'s kernels must run on this CPU (it is `simd::level()` or below).
+pub(super) unsafe fn gram_direct<T: Float>(
+    level: Level,
+    g: &[T],
+    n: usize,
+    p: usize,
+    c: &mut [T],
+    accumulate: bool,
+) {
+    let (mr, nr) = T::tile_shape(level);
+    assert!(direct_fits((mr, nr), p) && mr <= nr && mr * nr <= MAX_TILE);
+    assert!(g.len() >= n * p && c.len() >= p * p);
+    let block = (BLOCK_BYTES / (p * std::mem::size_of::<T>())).max(1);
+    let mut buf = [T::zero(); MAX_TILE];
+    for r0 in (0..n).step_by(block) {
+        let kc = block.min(n - r0);
+        let rows = g[r0 * p..].as_ptr();
+        let add = accumulate || r0 > 0;
+        for (j0, new_cols) in starts(p, nr) {
+            for (i0, new_rows) in starts(p, mr) {
+                if new_rows >= j0 + nr {
+                    break; // this sliver and the next are below the diagonal
+                }
+                let src = Src {
+                    a: rows.add(i0),
+                    a_row: 1,
+                    a_depth: p,
+                    b: rows.add(j0),
+                    b_depth: p,
+                };
+                if new_rows == i0 && new_cols == j0 {
+                    let dest = Dest {
+                        ptr: c.as_mut_ptr().add(i0 * p + j0),
+                        row_stride: p,
+                        col_stride: 1,
+                        rows: mr,
+                        cols: nr,
+                        accumulate: add,
+                    };
+                    T::tile(level, kc, src, dest);
+                    continue;
+                }
+                let dest = Dest {
+                    ptr: buf.as_mut_ptr(),
+                    row_stride: nr,
+                    col_stride: 1,
+                    rows: mr,
+                    cols: nr,
+                    accumulate: false,
+                };
+                T::tile(level, kc, src, dest);
+                for i in new_rows..i0 + mr {
+                    let (row, part) = (&mut c[i * p..], &buf[(i - i0) * nr..]);
+                    for j in new_cols..j0 + nr {
+                        let v = part[j - j0];
+                        row[j] = if add { row[j] + v } else { v };
+                    }
+                }
+            }
+        }
+    }
+}
