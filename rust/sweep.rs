@@ -27,6 +27,9 @@ pub(crate) struct Frame<'a, T> {
     /// tiles (empty when not), and op(B)ᵀ for the reverse sweep, so tiles do not pack it again.
     pub b_packed: Option<&'a [Vec<T>]>,
     pub bt_packed: Option<&'a [Vec<T>]>,
+    /// The reverse sweep adds to the adjoints of `Phase::Pre` steps (the parameters' gradients
+    /// in a tiled replay); false when the caller wants only the tiles' own adjoints.
+    pub pre_adjoints: bool,
 }
 
 impl<'a, T> Frame<'a, T> {
@@ -38,6 +41,7 @@ impl<'a, T> Frame<'a, T> {
             shared: None,
             b_packed: None,
             bt_packed: None,
+            pre_adjoints: true,
         }
     }
 }
@@ -165,7 +169,7 @@ pub(crate) fn backward_step<T: Float>(
     let g = &rest[0][..steps[i].shape.len(batch)];
     let val = |j: usize| value(f, values, j);
     let dims = |j: usize| dims2(steps, batch, j);
-    let needs = |j: usize| steps[j].needs_grad;
+    let needs = |j: usize| steps[j].needs_grad && (f.pre_adjoints || steps[j].phase != Phase::Pre);
     // The adjoint buffer of an operand, at this batch size.
     macro_rules! adj {
         ($j:expr) => {

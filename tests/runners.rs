@@ -282,6 +282,78 @@ fn layer_rows_are_the_factors_of_each_samples_gradient() {
 }
 
 #[test]
+fn kron_factors_sum_the_layer_rows_over_ragged_tiles() {
+    let plan = loss_plan();
+    let layers = plan.dense_layers().unwrap().to_vec();
+    let rows = plan.tile_rows().unwrap();
+    let n = 2 * rows + 7; // three tiles, the last one ragged
+    let (p, x, y) = data(n);
+    let args: [&[f64]; 3] = [&p, &x, &y];
+    // The reference: Σ_b ā_b ā_bᵀ and Σ_b δ_b δ_bᵀ from the rows layer_rows writes.
+    let mut whole = Whole::new(&plan).unwrap();
+    let mut a: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![0.0; n * l.input_width()])
+        .collect();
+    let mut d: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; n * l.outputs]).collect();
+    {
+        let mut a_views: Vec<&mut [f64]> = a.iter_mut().map(|v| &mut v[..]).collect();
+        let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
+        layer_rows(
+            &plan,
+            &mut whole,
+            &args,
+            n,
+            Some(&mut a_views),
+            &mut d_views,
+        )
+        .unwrap();
+    }
+    let gram = |rows: &[f64], w: usize| {
+        let m = ArrayView2::from_shape((n, w), rows).unwrap();
+        m.t().dot(&m)
+    };
+    // Added to what the arrays hold (ones), twice: the second call reuses every buffer.
+    let mut program = Program::from_plan(plan).unwrap();
+    let mut fa: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![1.0; l.input_width().pow(2)])
+        .collect();
+    let mut fg: Vec<Vec<f64>> = layers.iter().map(|l| vec![1.0; l.outputs.pow(2)]).collect();
+    for _ in 0..2 {
+        let mut a_views: Vec<&mut [f64]> = fa.iter_mut().map(|v| &mut v[..]).collect();
+        let mut g_views: Vec<&mut [f64]> = fg.iter_mut().map(|v| &mut v[..]).collect();
+        let loss = program
+            .kron_factors(&args, Some(&mut a_views), &mut g_views)
+            .unwrap();
+        assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-9 * loss.abs());
+    }
+    for (l, layer) in layers.iter().enumerate() {
+        let (w, o) = (layer.input_width(), layer.outputs);
+        let close = |got: &[f64], want: Array2<f64>| {
+            for (g, e) in got.iter().zip(want.iter()) {
+                assert!(
+                    (g - 1.0 - 2.0 * e).abs() < 1e-10 * (1.0 + e.abs()),
+                    "{g} vs {e}"
+                );
+            }
+        };
+        close(&fa[l], gram(&a[l], w));
+        close(&fg[l], gram(&d[l], o));
+    }
+    // G alone; the arrays must match the layers, and nothing is added on error.
+    let mut g_views: Vec<&mut [f64]> = fg.iter_mut().map(|v| &mut v[..]).collect();
+    program.kron_factors(&args, None, &mut g_views).unwrap();
+    let before = fg[1][0];
+    let mut g_views: Vec<&mut [f64]> = fg.iter_mut().map(|v| &mut v[..]).collect();
+    let err = program
+        .kron_factors(&args, None, &mut g_views[1..])
+        .unwrap_err();
+    assert!(matches!(err, Error::Arity(_)), "{err}");
+    assert_eq!(fg[1][0], before);
+}
+
+#[test]
 fn dense_layers_refuse_shared_and_untransposed_weights() {
     // f = sum(X @ W) with W (D, 1) read as X @ W, not X @ W.T.
     let mut g = Graph::new();

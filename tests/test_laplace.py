@@ -225,8 +225,9 @@ def forward_backward_np(model, X, seeds):
 @pytest.mark.parametrize("loss,K", [("sse", 2), ("mse", 2), ("cross_entropy", 3)])
 def test_kron_factors_match_their_definitions(loss, K, threads):
     model = tanh_net(K)
-    X, Y = data("classification" if loss == "cross_entropy" else "regression", K, n=37)
-    model._LAYER_TILE_ELEMENTS = 400  # several ragged tiles
+    # Rows enough for several tiles of the tiled sweep, the last ragged; GGN in several chunks.
+    X, Y = data("classification" if loss == "cross_entropy" else "regression", K, n=2_500)
+    model._KRON_CHUNK_ELEMENTS = 9_000
     F = model(X)
     # Empirical: δ from each sample's own loss term; GGN: from the rows of Λ_b's factor.
     if loss == "cross_entropy":
@@ -249,7 +250,7 @@ def test_kron_factors_match_their_definitions(loss, K, threads):
             assert_close_rel(G[l], want, 1e-12, f"G[{l}] {kind}")
         # accumulate=True adds: two halves give the whole.
         out = ([np.zeros_like(a) for a in A], [np.zeros_like(g) for g in G])
-        for rows in (slice(0, 20), slice(20, None)):
+        for rows in (slice(0, 1_000), slice(1_000, None)):
             model.fisher(X[rows], Y[rows], loss=loss, kind=kind, structure="kron", out=out,
                          accumulate=True)
         for got, want in zip(out[0] + out[1], A + G):

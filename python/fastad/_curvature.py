@@ -9,7 +9,8 @@ import numpy as np
 
 from . import _ops
 from ._compile import compile, spec
-from ._fastad import check_out, dense_layers, layer_rows, outer_diag, outer_sum
+from ._fastad import check_out, dense_layers, outer_diag, outer_sum
+from ._fastad import kron_factors as _kron_factors
 from ._losses import LOSSES, resolve, unit_rows
 
 # Elements of one tile of per-sample rows: with P ≈ 2,000 a tile has ~500 rows, enough for the
@@ -58,17 +59,22 @@ def kron_factors(model: Any, X: Any, Y: Any, loss: Any, kind: str, out: Any,
     """`Chain.fisher(structure="kron")`: per dense layer l, A_l = Σ_b ā_b ā_bᵀ (inputs, with a
     1 appended for the bias) and G_l = Σ_b Σ_c δ_bc δ_bcᵀ (the adjoints of the layer's product:
     of sample b's loss term for "empirical", of the rows c of its output-Hessian factor for
-    "ggn"), from the same batched sweeps that give per-sample gradients, tile by tile."""
-    X, Y, layers, rows = _layer_rows(model, X, Y, loss, kind)
+    "ggn"), summed in Rust inside the batched sweeps that give gradients, tile by tile."""
+    X, Y, loss_prog, factor = _checked(model, X, Y, loss, kind)
+    prog = loss_prog if kind == "empirical" else seeded_program(model)
+    layers = dense_layers(prog)
     shapes = ([(k + (b is not None),) * 2 for _, b, k, _ in layers],
               [(n, n) for _, _, _, n in layers])
     A, G = _factor_outs(model, out, shapes, accumulate, X, Y)
-    for inputs, adjoints in rows():
-        if inputs is not None:
-            for a, Al in zip(inputs, A):
-                outer_sum(a, out=Al, accumulate=True)
-        for d, Gl in zip(adjoints, G):
-            outer_sum(d, out=Gl, accumulate=True)
+    if kind == "empirical":
+        args = (X,) if Y is None else (X, Y)
+        _kron_factors(prog, model.params, *args, G=G, A=A)
+        return A, G
+    K = model.out_features
+    rows = max(1, getattr(model, "_KRON_CHUNK_ELEMENTS", KRON_CHUNK_ELEMENTS) // (K * K))
+    for r0, r1, cotangents in _factor_rows(model, X, Y, factor, rows):
+        for c, C in enumerate(cotangents):
+            _kron_factors(prog, model.params, X[r0:r1], C, G=G, A=A if c == 0 else None)
     return A, G
 
 
@@ -189,54 +195,9 @@ def _curvature_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
     return X, Y, (empirical if kind == "empirical" else ggn)
 
 
-# Rows per tile of the dense-layer rows: a tile's values and adjoints (~ rows × the network's
-# widths) stay in the last-level cache, and the factor products Σ ā āᵀ still run at GEMM speed.
-LAYER_TILE_ELEMENTS = 1 << 20
-
-
-def _layer_rows(model: Any, X: Any, Y: Any, loss: Any, kind: str):
-    """Checked X and Y, the dense layers, and a generator of (inputs, adjoints) per batch tile
-    and factor row: `inputs` (each layer's ā rows, only with a tile's first factor row, else
-    None) and `adjoints` (each layer's δ rows), buffers reused from tile to tile."""
-    X, Y, loss_prog, factor = _checked(model, X, Y, loss, kind)
-    prog = loss_prog if kind == "empirical" else seeded_program(model)
-    layers = dense_layers(prog)
-    widths = sum(k + n for _, _, k, n in layers) + model.out_features
-    n = max(1, min(X.shape[0], getattr(model, "_LAYER_TILE_ELEMENTS", LAYER_TILE_ELEMENTS)
-                   // max(1, 4 * widths)))
-    scratch = model._scratch.__dict__  # this thread's own buffers
-    key = ("layer rows", n)
-    bufs = scratch.get(key)
-    if bufs is None:
-        bufs = scratch[key] = (
-            [np.empty((n, k + (b is not None)), model.dtype) for _, b, k, _ in layers],
-            [np.empty((n, o), model.dtype) for _, _, _, o in layers])
-
-    def rows():
-        if kind == "empirical":
-            for r0 in range(0, X.shape[0], n):
-                r1 = min(X.shape[0], r0 + n)
-                a, d = [x[:r1 - r0] for x in bufs[0]], [x[:r1 - r0] for x in bufs[1]]
-                args = (X[r0:r1],) if Y is None else (X[r0:r1], Y[r0:r1])
-                layer_rows(prog, model.params, *args, adjoints=d, inputs=a)
-                yield a, d
-            return
-        linear = len(model.layers) == 1 and model.layers[0].activation is None
-        for r0, r1, cotangents in _factor_rows(model, X, Y, factor, n):
-            a, d = [x[:r1 - r0] for x in bufs[0]], [x[:r1 - r0] for x in bufs[1]]
-            if linear:  # one linear layer: ā = [x, 1], and δ is the cotangent itself
-                a[0][:, :X.shape[1]] = X[r0:r1]
-                a[0][:, X.shape[1]:] = 1.0
-                for c, C in enumerate(cotangents):
-                    yield (a if c == 0 else None), [C]
-                continue
-            for c, C in enumerate(cotangents):
-                first = c == 0
-                layer_rows(prog, model.params, X[r0:r1], C, adjoints=d,
-                           inputs=a if first else None)
-                yield (a if first else None), d
-
-    return X, Y, layers, rows
+# Elements of the output-Hessian factor's cotangents computed at once for "ggn" Kronecker
+# factors (chunks of rows): their memory does not grow with N.
+KRON_CHUNK_ELEMENTS = 1 << 20
 
 
 def _accumulator(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...],

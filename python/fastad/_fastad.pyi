@@ -108,6 +108,12 @@ def layer_rows(program: Program, *args: Any, adjoints: List[NDArray[Any]],
     outputs) and, when given, its inputs with the bias's 1 appended (N, inputs + 1). Returns
     the loss."""
 
+def kron_factors(program: Program, *args: Any, G: List[NDArray[Any]],
+                 A: Optional[List[NDArray[Any]]] = None) -> float:
+    """One tiled forward and reverse sweep adding each dense layer's Kronecker factors of the
+    batch: Σ δ δᵀ into G[l] (outputs, outputs) and, when given, Σ ā āᵀ into A[l] (inputs + 1,
+    inputs + 1); nothing is added when the call fails. Returns the loss."""
+
 class Optimizer:
     """The core of fa.SGD / fa.Adam / fa.AdamW: update rule and flat state buffers."""
     def __init__(self, rule: str, lr: float, momentum: float = 0.0, nesterov: bool = False,

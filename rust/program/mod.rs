@@ -9,7 +9,8 @@ use crate::float::Float;
 use crate::ir::{Graph, NodeId};
 use crate::plan::dense_layers::DenseLayer;
 use crate::plan::{check_len, Plan};
-use crate::runner::{layer_rows, per_sample_grad, OutputRows, Seed, Sweeps, Tiled, Whole};
+use crate::runner::{kron_factors, layer_rows, per_sample_grad};
+use crate::runner::{KronSums, OutputRows, Seed, Sweeps, Tiled, Whole};
 use crate::shape::Shape;
 
 /// A compiled program: replay it with `eval`, `value_and_grad`, `vjp` and `per_sample_grad`.
@@ -19,6 +20,7 @@ pub struct Program<T: Float> {
     plan: Plan<T>,
     whole: Whole<T>,
     tiled: Tiled<T>,
+    kron: KronSums<T>,
 }
 
 impl<T: Float> Program<T> {
@@ -33,6 +35,7 @@ impl<T: Float> Program<T> {
         Ok(Program {
             whole: Whole::new(&plan)?,
             tiled: Tiled::new(&plan),
+            kron: KronSums::default(),
             plan,
         })
     }
@@ -157,6 +160,21 @@ impl<T: Float> Program<T> {
     ) -> Result<T> {
         let batch = self.plan.batch_size(args)?;
         layer_rows(&self.plan, &mut self.whole, args, batch, inputs, adjoints)
+    }
+
+    /// Adds each dense layer's Kronecker factors of this batch: Σ_b ā_b ā_bᵀ into `a[l]`
+    /// (input_width × input_width) when given, and Σ_b δ_b δ_bᵀ into `g[l]` (outputs ×
+    /// outputs), from one tiled replay whose rows are never written out. Nothing is added
+    /// when it fails. Returns the loss (the sum of the per-sample losses).
+    pub fn kron_factors(
+        &mut self,
+        args: &[&[T]],
+        a: Option<&mut [&mut [T]]>,
+        g: &mut [&mut [T]],
+    ) -> Result<T> {
+        let batch = self.plan.batch_size(args)?;
+        let buffers = (&mut self.whole, &mut self.tiled, &mut self.kron);
+        kron_factors(&self.plan, buffers, (args, batch), a, g)
     }
 
     /// Both sweeps, tiled when the program and the batch allow it.

@@ -1,7 +1,8 @@
-//! A program's dense layers and their per-sample rows (`runner/layer_rows.rs`), for the Python
-//! layer's Kronecker factors and Laplace predictive: module functions over a `Program`, checked
-//! like every call (dtype, exact shapes, no aliasing) and run without the GIL.
-use super::arrays::{check_no_aliasing, out_view, OutName, OutView};
+//! A program's dense layers, their per-sample rows (`runner/layer_rows.rs`) and their Kronecker
+//! factors (`runner/kron_factors.rs`), for the Python layer's curvature and Laplace predictive:
+//! module functions over a `Program`, checked like every call (dtype, exact shapes, no
+//! aliasing) and run without the GIL.
+use super::arrays::{check_no_aliasing, out_view, InView, OutName, OutView};
 use super::dtype::typed;
 use super::errors::{run_detached, to_py_err};
 use super::program::{LockedProgram, Program, SendPtr};
@@ -50,68 +51,163 @@ fn rows<'py, T: Float + Element>(
     adjoints: &Bound<'py, PyList>,
     inputs: Option<&Bound<'py, PyList>>,
 ) -> PyResult<f64> {
-    let py = args.py();
-    let n_args = program.arg_shapes.len();
-    crate::plan::check_arity("layer_rows()", n_args, args.len(), None).map_err(to_py_err)?;
-    // (input width, outputs) of each layer; inline, so a call allocates nothing.
-    let layers: SmallVec<[(usize, usize); 8]> = {
-        let p = locked.lock().map_err(to_py_err)?;
-        let layers = p.dense_layers().map_err(to_py_err)?;
-        layers
-            .iter()
-            .map(|l| (l.input_width(), l.outputs))
-            .collect()
+    let call = LayerCall::<T>::new(program, locked, "layer_rows()", args)?;
+    let n = call.batch;
+    let d_views = call.views(adjoints, "adjoints", &|l| [n, l.1])?;
+    let a_views = match inputs {
+        Some(list) => Some(call.views(list, "inputs", &|l| [n, l.0])?),
+        None => None,
     };
-    let name = |k: usize| program.arg_name(k);
-    let mut batch = BatchSize::default();
-    let ins = program.arg_views::<T>(args, &mut batch)?;
-    let n = batch.get();
-    let views = |list: &Bound<'py, PyList>, what: &'static str, width: &dyn Fn(usize) -> usize| {
-        if list.len() != layers.len() {
+    call.run(
+        program,
+        ("adjoints", &d_views),
+        ("inputs", a_views.as_ref()),
+        &|p, ins, d, a| p.layer_rows(ins, a, d),
+    )
+}
+
+/// `kron_factors(program, *args, G, A=None)`: one tiled forward and reverse sweep of `program`
+/// (a loss with per-sample gradients) that adds for each dense layer l the Kronecker factors of
+/// the batch: Σ_b δ_b δ_bᵀ into `G[l]` (outputs, outputs) and, when given, Σ_b ā_b ā_bᵀ into
+/// `A[l]` (inputs + 1, inputs + 1) — δ_b, ā_b as `layer_rows` writes them, never written out.
+/// Nothing is added when the call fails. Returns the loss.
+#[pyfunction]
+#[pyo3(signature = (program, *args, G, A=None))]
+#[allow(non_snake_case)] // the factors' names
+pub fn kron_factors<'py>(
+    program: &Program,
+    args: &Bound<'py, PyTuple>,
+    G: &Bound<'py, PyList>,
+    A: Option<&Bound<'py, PyList>>,
+) -> PyResult<f64> {
+    typed!(&program.typed, p => factors(program, p, args, G, A))
+}
+
+fn factors<'py, T: Float + Element>(
+    program: &Program,
+    locked: &LockedProgram<T>,
+    args: &Bound<'py, PyTuple>,
+    g: &Bound<'py, PyList>,
+    a: Option<&Bound<'py, PyList>>,
+) -> PyResult<f64> {
+    let call = LayerCall::<T>::new(program, locked, "kron_factors()", args)?;
+    let g_views = call.views(g, "G", &|l| [l.1, l.1])?;
+    let a_views = match a {
+        Some(list) => Some(call.views(list, "A", &|l| [l.0, l.0])?),
+        None => None,
+    };
+    call.run(
+        program,
+        ("G", &g_views),
+        ("A", a_views.as_ref()),
+        &|p, ins, g, a| p.kron_factors(ins, a, g),
+    )
+}
+
+/// Per-layer arrays a call writes: one list's checked views.
+type LayerViews<'py> = SmallVec<[OutView<'py>; 8]>;
+
+/// What runs without the GIL: (program, arguments, the first list's arrays, the second's).
+type LayerWork<'f, T> = dyn Fn(
+        &mut crate::Program<T>,
+        &[&[T]],
+        &mut [&mut [T]],
+        Option<&mut [&mut [T]]>,
+    ) -> crate::Result<T>
+    + Sync
+    + 'f;
+
+/// A call over a program's dense layers: its arguments' views, checked, and each layer's
+/// (input width, outputs).
+struct LayerCall<'a, 'py, T: Float> {
+    locked: &'a LockedProgram<T>,
+    ins: SmallVec<[InView<'py>; 8]>,
+    batch: usize,
+    layers: SmallVec<[(usize, usize); 8]>,
+    py: Python<'py>,
+}
+
+impl<'a, 'py, T: Float + Element> LayerCall<'a, 'py, T> {
+    fn new(
+        program: &Program,
+        locked: &'a LockedProgram<T>,
+        method: &str,
+        args: &Bound<'py, PyTuple>,
+    ) -> PyResult<Self> {
+        let n_args = program.arg_shapes.len();
+        crate::plan::check_arity(method, n_args, args.len(), None).map_err(to_py_err)?;
+        // Inline, so a call allocates nothing.
+        let layers = {
+            let p = locked.lock().map_err(to_py_err)?;
+            let layers = p.dense_layers().map_err(to_py_err)?;
+            layers
+                .iter()
+                .map(|l| (l.input_width(), l.outputs))
+                .collect()
+        };
+        let mut batch = BatchSize::default();
+        let ins = program.arg_views::<T>(args, &mut batch)?;
+        Ok(LayerCall {
+            locked,
+            ins,
+            batch: batch.get(),
+            layers,
+            py: args.py(),
+        })
+    }
+
+    /// `list`'s arrays checked: one per layer, of `shape((input width, outputs))`.
+    fn views(
+        &self,
+        list: &Bound<'py, PyList>,
+        what: &'static str,
+        shape: &dyn Fn((usize, usize)) -> [usize; 2],
+    ) -> PyResult<LayerViews<'py>> {
+        if list.len() != self.layers.len() {
             return Err(to_py_err(crate::Error::Arity(format!(
                 "{what} has {} arrays; the program has {} dense layers",
                 list.len(),
-                layers.len()
+                self.layers.len()
             ))));
         }
         (0..list.len())
             .map(|l| {
-                out_view::<T>(
-                    &list.get_item(l)?,
-                    OutName::Indexed(what, l),
-                    &[n, width(l)],
-                )
+                let item = list.get_item(l)?;
+                out_view::<T>(&item, OutName::Indexed(what, l), &shape(self.layers[l]))
             })
-            .collect::<PyResult<SmallVec<[OutView; 8]>>>()
-    };
-    let d_views = views(adjoints, "adjoints", &|l| layers[l].1)?;
-    let a_views = match inputs {
-        Some(list) => Some(views(list, "inputs", &|l| layers[l].0)?),
-        None => None,
-    };
-    let all: SmallVec<[&OutView; 16]> = d_views.iter().chain(a_views.iter().flatten()).collect();
-    let count = d_views.len();
-    let out_name = |i: usize| {
-        if i < count {
-            OutName::Indexed("adjoints", i)
-        } else {
-            OutName::Indexed("inputs", i - count)
-        }
-    };
-    check_no_aliasing(&ins, &name, &all, &out_name)?;
+            .collect()
+    }
 
-    // SAFETY: views were checked for dtype `T`, length and no overlap.
-    let in_slices: SmallVec<[&[T]; 8]> = ins.iter().map(|v| unsafe { v.slice::<T>() }).collect();
-    let mut d: SmallVec<[&mut [T]; 8]> =
-        d_views.iter().map(|v| unsafe { v.slice::<T>() }).collect();
-    let mut a: Option<SmallVec<[&mut [T]; 8]>> = a_views
-        .as_ref()
-        .map(|vs| vs.iter().map(|v| unsafe { v.slice::<T>() }).collect());
-    let work = SendPtr((&in_slices, &mut d, &mut a));
-    let loss = run_detached(py, move || {
-        let SendPtr((in_slices, d, a)) = work;
-        let mut p = locked.lock()?;
-        p.layer_rows(in_slices, a.as_deref_mut(), d)
-    })?;
-    Ok(loss.to_f64())
+    /// Checks that no output overlaps an argument or another output, then runs `f` (program,
+    /// arguments, first list, second list) without the GIL.
+    fn run(
+        &self,
+        program: &Program,
+        (first_name, first): (&'static str, &LayerViews<'py>),
+        (second_name, second): (&'static str, Option<&LayerViews<'py>>),
+        f: &LayerWork<T>,
+    ) -> PyResult<f64> {
+        let all: SmallVec<[&OutView; 16]> =
+            first.iter().chain(second.into_iter().flatten()).collect();
+        let count = first.len();
+        let out_name = |i: usize| match i < count {
+            true => OutName::Indexed(first_name, i),
+            false => OutName::Indexed(second_name, i - count),
+        };
+        check_no_aliasing(&self.ins, &|k| program.arg_name(k), &all, &out_name)?;
+        // SAFETY: views were checked for dtype `T`, length and no overlap.
+        let ins: SmallVec<[&[T]; 8]> = self.ins.iter().map(|v| unsafe { v.slice::<T>() }).collect();
+        let mut x: SmallVec<[&mut [T]; 8]> =
+            first.iter().map(|v| unsafe { v.slice::<T>() }).collect();
+        let mut y: Option<SmallVec<[&mut [T]; 8]>> =
+            second.map(|vs| vs.iter().map(|v| unsafe { v.slice::<T>() }).collect());
+        let locked = self.locked;
+        let work = SendPtr((&ins, &mut x, &mut y));
+        let value = run_detached(self.py, move || {
+            let SendPtr((ins, x, y)) = work;
+            let mut p = locked.lock()?;
+            f(&mut p, ins, x, y.as_deref_mut())
+        })?;
+        Ok(value.to_f64())
+    }
 }

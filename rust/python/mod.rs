@@ -98,6 +98,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;
     m.add_function(wrap_pyfunction!(layer_rows::dense_layers, m)?)?;
     m.add_function(wrap_pyfunction!(layer_rows::layer_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_rows::kron_factors, m)?)?;
     m.add_class::<train::Optimizer>()?;
     m.add_function(wrap_pyfunction!(train::fit_epochs, m)?)?;
     m.add_function(wrap_pyfunction!(train::epoch_order, m)?)?;

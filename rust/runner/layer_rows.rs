@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::simd::dispatch;
 use crate::kernels::{scaled_into, SharedMut};
+use crate::plan::dense_layers::DenseLayer;
 use crate::plan::Plan;
 use crate::runner::per_sample::seeded_sweeps;
 use crate::runner::whole::Whole;
@@ -26,28 +27,9 @@ pub fn layer_rows<T: Float>(
 ) -> Result<T> {
     let ps = plan.per_sample()?;
     let layers = plan.dense_layers()?;
-    let check = |what: &str, given: usize, width: &dyn Fn(usize) -> usize, bufs: &[&mut [T]]| {
-        if given != layers.len() {
-            return Err(Error::Arity(format!(
-                "{given} {what} arrays for {} dense layers",
-                layers.len()
-            )));
-        }
-        for (l, b) in bufs.iter().enumerate() {
-            if b.len() != batch * width(l) {
-                return Err(Error::Shape(format!(
-                    "{what}[{l}] has {} elements; expected ({batch}, {})",
-                    b.len(),
-                    width(l)
-                )));
-            }
-        }
-        Ok(())
-    };
-    check("adjoints", adjoints.len(), &|l| layers[l].outputs, adjoints)?;
+    check_layer_buffers("adjoints", adjoints, layers, |l| (batch, l.outputs))?;
     if let Some(inputs) = inputs.as_deref() {
-        let width = |l: usize| layers[l].input_width();
-        check("inputs", inputs.len(), &width, inputs)?;
+        check_layer_buffers("inputs", inputs, layers, |l| (batch, l.input_width()))?;
     }
     let loss = seeded_sweeps(plan, whole, args, batch)?;
     let frame = Frame::new(&plan.steps, args, batch);
@@ -78,4 +60,30 @@ pub fn layer_rows<T: Float>(
         }
     }
     Ok(loss)
+}
+
+/// Checks that `bufs` has one buffer per layer, of `shape(layer)`'s elements.
+pub(crate) fn check_layer_buffers<T>(
+    what: &str,
+    bufs: &[&mut [T]],
+    layers: &[DenseLayer],
+    shape: impl Fn(&DenseLayer) -> (usize, usize),
+) -> Result<()> {
+    if bufs.len() != layers.len() {
+        return Err(Error::Arity(format!(
+            "{} {what} arrays for {} dense layers",
+            bufs.len(),
+            layers.len()
+        )));
+    }
+    for (l, (b, layer)) in bufs.iter().zip(layers).enumerate() {
+        let (rows, cols) = shape(layer);
+        if b.len() != rows * cols {
+            return Err(Error::Shape(format!(
+                "{what}[{l}] has {} elements; expected ({rows}, {cols})",
+                b.len()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -46,6 +46,20 @@ pub struct Tiled<T> {
     capacity: usize,
 }
 
+/// What a tile shows a `TileVisit` after its reverse sweep: the tile's rows of every step.
+pub(crate) struct TileView<'a, T> {
+    /// The tile's frame (its arguments' rows, the shared whole-batch values).
+    pub frame: &'a Frame<'a, T>,
+    /// Tile steps' values and adjoints, `rows` rows each (read them through `value`).
+    pub values: &'a [Vec<T>],
+    pub adjoints: &'a [Vec<T>],
+    pub rows: usize,
+}
+
+/// Called by task t (below the replay's task count) with each of its tiles once the tile's reverse sweep is
+/// done, to take what it needs from the rows before the next tile overwrites them.
+pub(crate) type TileVisit<'a, T> = dyn Fn(usize, &TileView<T>) + Sync + 'a;
+
 /// What every tile of one replay shares.
 struct TileJob<'a, T> {
     plan: &'a Plan<T>,
@@ -61,6 +75,7 @@ struct TileJob<'a, T> {
     out_rows: SharedMut<T>,
     /// Batched wrt arguments' adjoints: (step, whole-batch rows).
     input_adjoints: &'a [(usize, SharedMut<T>)],
+    visit: Option<&'a TileVisit<'a, T>>,
 }
 
 /// A reduce step's weight when combining tiles: a mean over a tile counts n/N of the batch's.
@@ -94,6 +109,41 @@ impl<T: Float> Tiled<T> {
         sweeps: Sweeps<T>,
         rows: OutputRows<T>,
     ) -> Result<()> {
+        self.replay(plan, whole, (args, batch), sweeps, rows, None)
+    }
+
+    /// A tiled replay with both sweeps, seeded with ones (a batched output's rows too), that
+    /// shows every tile to `visit` after its reverse sweep, on at most `tasks` tasks (the
+    /// visitor's own per-task state); see `TileVisit`. The reverse sweep stops at the tiles:
+    /// the gradients of the steps before them (the parameters) are not computed.
+    pub(crate) fn visit_tiles(
+        &mut self,
+        plan: &Plan<T>,
+        whole: &mut Whole<T>,
+        args: &[&[T]],
+        batch: usize,
+        (visit, tasks): (&TileVisit<T>, usize),
+    ) -> Result<()> {
+        let (sweeps, rows) = (Sweeps::Both(Seed::Ones), OutputRows::Table);
+        self.replay(
+            plan,
+            whole,
+            (args, batch),
+            sweeps,
+            rows,
+            Some((visit, tasks)),
+        )
+    }
+
+    fn replay(
+        &mut self,
+        plan: &Plan<T>,
+        whole: &mut Whole<T>,
+        (args, batch): (&[&[T]], usize),
+        sweeps: Sweeps<T>,
+        rows: OutputRows<T>,
+        visit: Option<(&TileVisit<T>, usize)>,
+    ) -> Result<()> {
         let Some(tiling) = plan.tiling.as_ref() else {
             return Err(Error::Unsupported(
                 "this program is not row-local in its batch, so it does not tile".into(),
@@ -108,7 +158,8 @@ impl<T: Float> Tiled<T> {
         }
         let tile_rows = tiling.rows;
         let n_tiles = batch.div_ceil(tile_rows);
-        let tasks = crate::parallel::num_threads().min(n_tiles).max(1);
+        let most = visit.map_or(usize::MAX, |(_, tasks)| tasks);
+        let tasks = crate::parallel::num_threads().min(n_tiles).min(most).max(1);
         self.reserve(plan, whole, batch, tasks)?;
         whole.reserve_gemm(plan, batch)?; // for the Pre and Post products
         let out = plan.output;
@@ -160,6 +211,7 @@ impl<T: Float> Tiled<T> {
                     OutputRows::Table => &mut out_values,
                 }),
                 input_adjoints: &shared_inputs,
+                visit: visit.map(|(v, _)| v),
             };
             let tasks_ptr = SharedMut::new(&mut self.tasks[..tasks]);
             let stop = AtomicBool::new(false);
@@ -186,7 +238,7 @@ impl<T: Float> Tiled<T> {
                         task.error = Some(Error::Interrupted);
                         return;
                     }
-                    if let Err(e) = job.sweep_tile(task, tile * tile_rows) {
+                    if let Err(e) = job.sweep_tile(t, task, tile * tile_rows) {
                         task.error = Some(e);
                         return;
                     }
@@ -329,8 +381,8 @@ impl<T: Float> TileTask<T> {
 impl<T: Float> TileJob<'_, T> {
     /// One tile of rows from `r0`: forward over the Tile and Reduce steps (adding the Reduce
     /// results to the task's partials and copying output rows out), then, when asked, the
-    /// reverse sweep over them.
-    fn sweep_tile(&self, task: &mut TileTask<T>, r0: usize) -> Result<()> {
+    /// reverse sweep over them, and the visit. `t` is the task's number.
+    fn sweep_tile(&self, t: usize, task: &mut TileTask<T>, r0: usize) -> Result<()> {
         let steps = &self.plan.steps;
         let n = self.rows.min(self.batch - r0);
         let tile_args: SmallVec<[&[T]; 8]> = self
@@ -353,6 +405,8 @@ impl<T: Float> TileJob<'_, T> {
             shared: Some(&self.whole.values),
             b_packed: Some(self.b_packed),
             bt_packed: Some(self.bt_packed),
+            // A visited replay gives the tiles' adjoints, not the parameters' gradients.
+            pre_adjoints: self.visit.is_none(),
         };
         let in_tile = |s: &Step| matches!(s.phase, Phase::Tile | Phase::Reduce);
         for (i, s) in steps.iter().enumerate() {
@@ -392,12 +446,11 @@ impl<T: Float> TileJob<'_, T> {
             }
         }
         if steps[out].phase == Phase::Tile && steps[out].needs_grad {
-            let Seed::Cotangent(c) = seed else {
-                return Err(Error::Arity(
-                    "a batched output's reverse sweep needs an output cotangent".into(),
-                ));
-            };
-            task.adjoints[out][..n * per_row].copy_from_slice(&c[r0 * per_row..(r0 + n) * per_row]);
+            let rows = &mut task.adjoints[out][..n * per_row];
+            match seed {
+                Seed::Cotangent(c) => rows.copy_from_slice(&c[r0 * per_row..(r0 + n) * per_row]),
+                Seed::Ones => rows.fill(T::one()),
+            }
         }
         for i in (0..steps.len()).rev() {
             if steps[i].needs_grad && in_tile(&steps[i]) {
@@ -409,6 +462,15 @@ impl<T: Float> TileJob<'_, T> {
             // SAFETY: tiles own disjoint rows.
             let dst = unsafe { shared.range(r0 * w..(r0 + n) * w) };
             dst.copy_from_slice(&task.adjoints[*i][..n * w]);
+        }
+        if let Some(visit) = self.visit {
+            let view = TileView {
+                frame: &f,
+                values: &task.values,
+                adjoints: &task.adjoints,
+                rows: n,
+            };
+            visit(t, &view);
         }
         Ok(())
     }
