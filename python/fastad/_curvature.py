@@ -72,9 +72,15 @@ def kron_factors(model: Any, X: Any, Y: Any, loss: Any, kind: str, out: Any,
         return A, G
     K = model.out_features
     rows = max(1, getattr(model, "_KRON_CHUNK_ELEMENTS", KRON_CHUNK_ELEMENTS) // (K * K))
+    # One linear layer (a last-layer Laplace): its δ is the cotangent itself, so only the
+    # first row of the factor needs a sweep (for A).
+    linear = len(model.layers) == 1 and model.layers[0].activation is None
     for r0, r1, cotangents in _factor_rows(model, X, Y, factor, rows):
         for c, C in enumerate(cotangents):
-            _kron_factors(prog, model.params, X[r0:r1], C, G=G, A=A if c == 0 else None)
+            if c and linear:
+                outer_sum(C, out=G[0], accumulate=True)
+            else:
+                _kron_factors(prog, model.params, X[r0:r1], C, G=G, A=A if c == 0 else None)
     return A, G
 
 
