@@ -346,8 +346,11 @@ def test_kron_predictive_and_samples_match_its_dense_blocks():
     off = model.layers[-1]._offset
     block = Hp[off:, off:]
     J = J[:, :, off:]
-    assert_close_rel(last.functional_variance(Xs),
-                     np.einsum("bkp,pq,blq->bkl", J, np.linalg.inv(block), J), 1e-10)
+    fvar = np.einsum("bkp,pq,blq->bkl", J, np.linalg.inv(block), J)
+    assert_close_rel(last.functional_variance(Xs), fvar, 1e-10)
+    mean, var = last.predict(Xs)
+    assert_close_rel(mean, model(Xs), 1e-12)
+    assert_close_rel(var, np.diagonal(fvar, axis1=1, axis2=2) + 0.5 ** 2, 1e-10)
     n = 40000
     theta = la.sample(n, seed=3) - model.params
     # δᵀ Σ⁻¹ δ is χ² with P degrees of freedom: mean P, standard deviation √(2P/n) of the mean.
@@ -358,6 +361,28 @@ def test_kron_predictive_and_samples_match_its_dense_blocks():
     want = np.einsum("ui,ij,uj->u", U, S, U)
     got = ((theta @ U.T) ** 2).mean(0)
     assert np.abs(got / want - 1).max() < 5 * math.sqrt(2 / n)
+
+
+def test_last_layer_kron_predictive_without_a_bias_matches_its_dense_block():
+    model = fa.Chain(fa.Dense(3, 6, "tanh"), fa.Dense(6, 2, use_bias=False), dtype=np.float64,
+                     seed=1)
+    X, Y = data("regression", 2)
+    la = fa.Laplace(model, "regression", subset="last_layer", hessian="kron",
+                    prior_precision=0.7, sigma_noise=0.4).fit(X, Y)
+    (G, A, lam), = la.posterior_precision
+    assert A.shape == (6, 6)
+    Xs = np.random.default_rng(5).normal(size=(9, 3))
+    J = model.jacobian(Xs)[:, :, model.layers[-1]._offset:]
+    S = np.linalg.inv(np.kron(G, A) + lam * np.eye(12))
+    fvar = np.einsum("bkp,pq,blq->bkl", J, S, J)
+    assert_close_rel(la.functional_variance(Xs), fvar, 1e-10)
+    mean, var = la.predict(Xs)
+    assert_close_rel(mean, model(Xs), 1e-12)
+    assert_close_rel(var, np.diagonal(fvar, axis1=1, axis2=2) + 0.4 ** 2, 1e-10)
+    # A new prior reaches the predictive's reused buffers.
+    la.prior_precision = 3.0
+    S = np.linalg.inv(np.kron(G, A) + 3.0 * np.eye(12))
+    assert_close_rel(la.functional_variance(Xs), np.einsum("bkp,pq,blq->bkl", J, S, J), 1e-10)
 
 
 def test_classification_probit_and_mc_against_quadrature():

@@ -35,6 +35,16 @@ FIT_ROWS = 1 << 14
 PREDICT_TILE_ELEMENTS = 1 << 20
 
 
+def _features(model: Any) -> Any:
+    """φ(p, X): the model's layers but the last, as a traceable function."""
+    def apply(p: Any, X: Any) -> Any:
+        h = X
+        for layer in model.layers[:-1]:
+            h = layer.apply(p, h)
+        return h
+    return apply
+
+
 class _Fitted:
     """What a fit found; never changed afterwards (a new fit makes a new one)."""
 
@@ -254,16 +264,35 @@ class Laplace:
         net = Chain(net_layer, dtype=model.dtype)
         if len(model.layers) == 1:
             return net, None
-        prefix = model.layers[:-1]
-
-        def apply(p, X):
-            h = X
-            for layer in prefix:
-                h = layer.apply(p, h)
-            return h
         prog = model._program("features", lambda: compile(
-            apply, spec((model.n_params,), model.dtype), model._x_spec(), dtype=model.dtype))
+            _features(model), spec((model.n_params,), model.dtype), model._x_spec(),
+            dtype=model.dtype))
         return net, lambda params, X, out=None: prog(params, X, out=out)
+
+    def _linear_head(self, U: np.ndarray) -> Tuple[Any, Tuple[np.ndarray, ...]]:
+        """For a linear last layer's Kronecker predictive, one program of (θ, X, U[:k], U[k],
+        H_f, H_v) (without a bias, no U[k]): with h = ā U (ā = [φ(x), 1], U the eigenvectors
+        of the layer's factor A), it returns h H_f + h² H_v, so that H_f = [Uᵀ[W | b]ᵀ | 0] and
+        H_v = [0 | 1/eᵀ] give [f(x) | w(x)] (M, 2K), w_o = Σ_j h_j² / e_oj, in one tiled
+        sweep: the features φ and h never leave the tiles. Returns it and its U arguments."""
+        model = self.model
+        k, dt, K = model.layers[-1].in_features, model.dtype, model.out_features
+        features, w = _features(model), U.shape[0]
+        bias = w > k
+
+        def head(h: Any, Hf: Any, Hv: Any) -> Any:
+            return h @ Hf + (h * h) @ Hv
+        specs = [spec((model.n_params,), dt), model._x_spec(), spec((k, w), dt)]
+        heads = [spec((w, 2 * K), dt)] * 2
+        if bias:
+            prog = model._program(("linear head", w), lambda: compile(
+                lambda p, X, Uf, u1, Hf, Hv: head(features(p, X) @ Uf + u1, Hf, Hv),
+                *specs, spec((w,), dt), *heads, dtype=dt))
+            return prog, (np.ascontiguousarray(U[:k], dt), np.ascontiguousarray(U[k], dt))
+        prog = model._program(("linear head", w), lambda: compile(
+            lambda p, X, Uf, Hf, Hv: head(features(p, X) @ Uf, Hf, Hv),
+            *specs, *heads, dtype=dt))
+        return prog, (np.ascontiguousarray(U, dt),)
 
     def _accumulators(self, net: Any) -> Any:
         """Zeroed arrays for the curvature's sums: the matrix, its diagonal, or (A, G) lists."""
@@ -492,21 +521,35 @@ class Laplace:
         this thread's reused buffers."""
         K, M = self.model.out_features, Xs.shape[0]
         kron = self.hessian == "kron"
+        # A linear last layer after features: one program gives f and J Σ Jᵀ's weights.
+        head = kron and f.features is not None and self.model.layers[-1].activation is None
         # Elements per row of a tile: the Jacobian's rows, or for "kron" each layer's rows.
-        width = (sum(l.U.shape[0] + 2 * K * l.V.shape[0] for l in f.posterior.layers) if kron
+        width = (2 * K * K if head else
+                 sum(l.U.shape[0] + 2 * K * l.V.shape[0] for l in f.posterior.layers) if kron
                  else 2 * K * self.n_params)
         t = max(1, min(M, PREDICT_TILE_ELEMENTS // max(1, width)))
-        s = self._buffers(f, t, kron)
+        s = self._buffers(f, t, "head" if head else "kron" if kron else "full")
         for r0 in range(0, M, t):
             r1 = min(M, r0 + t)
             n = r1 - r0
+            F, V = s["mean"][:n], s["fvar"][:n]
+            if "head" in s:  # a linear last layer: [f | w] from one program, then J Σ Jᵀ
+                prog, U_args = s["head"]
+                if s["H_v"][0] is not root:  # the prior or σ changed
+                    s["H_v"] = (root, np.zeros_like(s["H_f"]))
+                    s["H_v"][1][:, K:] = root[0][1]
+                fw = prog(f.theta, Xs[r0:r1], *U_args, s["H_f"], s["H_v"][1], out=s["fw"][:n])
+                F[...] = fw[:, :K]
+                weights = s["weights"][:n]
+                weights[...] = fw[:, K:]
+                f.posterior.layers[0].output_variance(weights, V)
+                yield r0, r1, F, V
+                continue
+            V[...] = 0.0
             inputs = (Xs[r0:r1] if f.features is None
                       else f.features(f.theta, Xs[r0:r1], out=s["features"][:n]))
-            F = s["mean"][:n]
             if need_mean:
                 F[...] = s["forward"](f.net_params, inputs, out=s["outputs"][:n])
-            V = s["fvar"][:n]
-            V[...] = 0.0
             if kron:
                 a = [a[:n] for a in s["a"]]
                 d64 = [d[:, :n] for d in s["d64"]]
@@ -528,18 +571,34 @@ class Laplace:
                 f.posterior.functional_variance(root, J, V, s["scratch"][:n])
             yield r0, r1, F, V
 
-    def _buffers(self, f: _Fitted, t: int, kron: bool) -> dict:
-        """This thread's buffers for tiles of t rows (made on first use, then reused)."""
+    def _buffers(self, f: _Fitted, t: int, path: str) -> dict:
+        """This thread's buffers for tiles of t rows on `path` ("head": a linear last layer's
+        Kronecker predictive; "kron"; "full": the Jacobian rows of "full" and "diag"), made on
+        first use, then reused."""
         s = getattr(self._scratch, "buffers", None)
         if s is not None and s["fit"] is f and s["tile"] == t:
             return s
         net, K, P = f.net, self.model.out_features, self.n_params
         s = {"fit": f, "tile": t, "mean": np.empty((t, K)), "fvar": np.empty((t, K, K)),
-             "seeded": seeded_program(net), "forward": net._forward_program(),
-             "outputs": np.empty((t, K), net.dtype), "column": np.empty(t),
-             "features": np.empty((t, net.in_features), net.dtype),
-             "C": [unit_rows(t, K, k, dtype=net.dtype) for k in range(K)]}
-        if kron:
+             "column": np.empty(t)}
+        if path == "head":
+            U, last = f.posterior.layers[0].U, net.layers[-1]
+            s["head"] = self._linear_head(U)
+            # [W | b] at the fit: the parameters are W (K × k) row by row, then b.
+            k = last.in_features
+            W = f.net_params[:K * k].astype(np.float64).reshape(K, k)
+            Wb = np.hstack([W, f.net_params[K * k:K * k + K, None]]) if last.use_bias else W
+            s["H_f"] = np.zeros((U.shape[0], 2 * K), net.dtype)
+            s["H_f"][:, :K] = U.T @ Wb.T
+            s["H_v"] = (None, None)  # made from the covariance's root by the first tile
+            s["fw"], s["weights"] = np.empty((t, 2 * K), net.dtype), np.empty((t, K))
+            self._scratch.buffers = s
+            return s
+        s.update({"seeded": seeded_program(net), "forward": net._forward_program(),
+                  "outputs": np.empty((t, K), net.dtype),
+                  "features": np.empty((t, net.in_features), net.dtype),
+                  "C": [unit_rows(t, K, k, dtype=net.dtype) for k in range(K)]})
+        if path == "kron":
             layers = dense_layers(s["seeded"])
             s["a"] = [np.empty((t, k + (b is not None)), net.dtype) for _, b, k, _ in layers]
             s["d"] = [np.empty((t, o), net.dtype) for _, _, _, o in layers]

@@ -153,6 +153,15 @@ class KronLayer:
                                    spec((w, w), self.dtype), dtype=self.dtype)
         self._rotate(a, self.U_net, out=out)
 
+    def output_variance(self, weights: np.ndarray, out: np.ndarray) -> None:
+        """out (M, K, K) = J Σ Jᵀ of the outputs' own linear layer from its `weights` (M, K)
+        float64, w_o = Σ_j ã_j / e_oj: there δ_k = e_k, so z_k = V[k] for every row and
+        (J Σ Jᵀ)_kk' = Σ_o V_ko V_k'o w_o, one product with the rows V_ko V_k'o."""
+        M, K = weights.shape
+        if self.outer_rows is None:
+            self.outer_rows = np.einsum("ko,lo->okl", self.V, self.V).reshape(K, K * K)
+        np.matmul(weights, self.outer_rows, out=out.reshape(M, K * K))
+
     def eigenvalues(self, c: float, lam: float) -> np.ndarray:
         """(n_out, w): the precision's eigenvalues c·scale·sg_o·sa_j + λ."""
         return (c * self.scale) * np.outer(self.sg, self.sa) + lam
@@ -224,11 +233,7 @@ class Kron:
             np.matmul(aU, inv_t, out=weights_net)  # Σ_j ã_j / e_oj
             weights[...] = weights_net
             if d is None:
-                # δ_k = e_k (the outputs' own linear layer): z_k = V[k], the same for every
-                # row, so (J Σ Jᵀ)_kk' = Σ_o V_ko V_k'o w_o, one product with V_ko V_k'o.
-                if layer.outer_rows is None:
-                    layer.outer_rows = np.einsum("ko,lo->okl", layer.V, layer.V).reshape(K, K * K)
-                np.matmul(weights, layer.outer_rows, out=part.reshape(M, K * K))
+                layer.output_variance(weights, part)
                 out += part
                 continue
             np.matmul(d, layer.V, out=z)
