@@ -1,10 +1,12 @@
 //! The upper triangle of a narrow Gram matrix C = GᵀG (G: n × p row-major, p from one kernel
-//! width NR to `DIRECT_MAX_P`), the Kronecker factors' shape: many samples, few columns. Here
+//! height MR to `DIRECT_MAX_P`), the Kronecker factors' shape: many samples, few columns. Here
 //! the packing the general product does costs as much as the arithmetic, and its MR × NR tiles
 //! fit p poorly, so the micro-kernel reads G where it lies, in blocks of rows that stay in L1:
 //! a sliver of A is MR columns of G (a_row = 1, a_depth = p), a panel of B is NR columns.
 //! Slivers and panels that would run past column p are shifted back inside it and computed
-//! into a small buffer, of which only the columns not already covered are added.
+//! into a small buffer, of which only the entries not already covered are added. A G narrower
+//! than one panel (p < NR) is read past each row's end into the next row, whose columns are
+//! dropped; the last rows, where that would read past G, are added one by one.
 use super::microkernel::{Dest, Src};
 use crate::float::Float;
 use crate::kernels::simd::Level;
@@ -17,19 +19,22 @@ const BLOCK_BYTES: usize = 16 << 10;
 const MAX_TILE: usize = 12 * 32;
 
 /// Whether `gram_direct` takes a G of p columns with the kernels of (mr, nr).
-pub(super) fn direct_fits((_, nr): (usize, usize), p: usize) -> bool {
-    (nr..=DIRECT_MAX_P).contains(&p)
+pub(super) fn direct_fits((mr, _): (usize, usize), p: usize) -> bool {
+    (mr..=DIRECT_MAX_P).contains(&p)
 }
 
 /// The starts of the slivers (or panels) of `width` covering 0..p, and from which index each
 /// one's results are new: all tiles start at multiples of `width`, except a last one shifted
-/// back to end at p, whose first indices the previous tile covered.
+/// back to end at p, whose first indices the previous tile covered — or, when p < width, one
+/// tile at 0 running past p.
 fn starts(p: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     let whole = p / width;
-    let shifted = (!p.is_multiple_of(width)).then_some((p - width, whole * width));
-    (0..whole)
-        .map(move |t| (t * width, t * width))
-        .chain(shifted)
+    let last = match (whole, p % width) {
+        (_, 0) => None,
+        (0, _) => Some((0, 0)),
+        _ => Some((p - width, whole * width)),
+    };
+    (0..whole).map(move |t| (t * width, t * width)).chain(last)
 }
 
 /// C's upper triangle (p × p, with the diagonal; tiles crossing it also write some entries
@@ -48,10 +53,15 @@ pub(super) unsafe fn gram_direct<T: Float>(
     let (mr, nr) = T::tile_shape(level);
     assert!(direct_fits((mr, nr), p) && mr <= nr && mr * nr <= MAX_TILE);
     assert!(g.len() >= n * p && c.len() >= p * p);
+    // Rows whose panel (nr elements from the row's start) stays inside G.
+    let safe = match p < nr {
+        true => n.saturating_sub((nr - p).div_ceil(p)),
+        false => n,
+    };
     let block = (BLOCK_BYTES / (p * std::mem::size_of::<T>())).max(1);
     let mut buf = [T::zero(); MAX_TILE];
-    for r0 in (0..n).step_by(block) {
-        let kc = block.min(n - r0);
+    for r0 in (0..safe).step_by(block) {
+        let kc = block.min(safe - r0);
         let rows = g[r0 * p..].as_ptr();
         let add = accumulate || r0 > 0;
         for (j0, new_cols) in starts(p, nr) {
@@ -66,7 +76,7 @@ pub(super) unsafe fn gram_direct<T: Float>(
                     b: rows.add(j0),
                     b_depth: p,
                 };
-                if new_rows == i0 && new_cols == j0 {
+                if new_rows == i0 && new_cols == j0 && j0 + nr <= p {
                     let dest = Dest {
                         ptr: c.as_mut_ptr().add(i0 * p + j0),
                         row_stride: p,
@@ -89,11 +99,23 @@ pub(super) unsafe fn gram_direct<T: Float>(
                 T::tile(level, kc, src, dest);
                 for i in new_rows..i0 + mr {
                     let (row, part) = (&mut c[i * p..], &buf[(i - i0) * nr..]);
-                    for j in new_cols..j0 + nr {
+                    for j in new_cols..(j0 + nr).min(p) {
                         let v = part[j - j0];
                         row[j] = if add { row[j] + v } else { v };
                     }
                 }
+            }
+        }
+    }
+    // The rows left out above, one rank-one update each.
+    for (r, x) in g[..n * p].chunks_exact(p).enumerate().skip(safe) {
+        for (i, &xi) in x.iter().enumerate() {
+            for (cij, &xj) in c[i * p + i..(i + 1) * p].iter_mut().zip(&x[i..]) {
+                *cij = if accumulate || r > 0 {
+                    *cij + xi * xj
+                } else {
+                    xi * xj
+                };
             }
         }
     }

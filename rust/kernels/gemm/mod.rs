@@ -694,35 +694,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gram_upper_matches_the_definition_at_every_level() {
+    fn check_gram<T: Float>(tol: f64) {
         crate::parallel::set_num_threads(2);
-        // Widths below, at and between the kernels' NR (8, 16, 32), past the direct path's
-        // 128; depths of one row, of part of a block and of several L1 blocks.
-        for p in [1, 3, 8, 10, 16, 17, 20, 33, 64, 100, 128, 129, 200] {
-            for n in [1, 7, 300, 1100] {
-                let g: Vec<f64> = (0..n * p).map(|i| (i as f64 * 0.37).sin()).collect();
-                let want = reference(p, p, n, &g, true, &g, false);
-                let close = |c: &[f64], offset: f64, what: &str| {
+        // Widths around every kernel's MR and NR (AVX-512 12 × 16 or 32, AVX2 6 × 8 or 16,
+        // portable 4 × 8), below one panel (read past each row), past the direct path's 128;
+        // depths of one row, a few rows, part of an L1 block and several blocks.
+        let widths = [
+            1, 3, 4, 5, 6, 7, 8, 10, 12, 13, 16, 17, 20, 33, 64, 100, 128, 129, 200,
+        ];
+        for p in widths {
+            for n in [1, 2, 7, 300, 1100] {
+                let g64: Vec<f64> = (0..n * p).map(|i| (i as f64 * 0.37).sin()).collect();
+                let g: Vec<T> = g64.iter().map(|&v| T::from_f64(v)).collect();
+                let want = reference(p, p, n, &g64, true, &g64, false);
+                let close = |c: &[T], offset: f64, what: &str| {
                     for i in 0..p {
                         for j in i..p {
-                            let (x, y) = (c[i * p + j] - offset, want[i * p + j]);
+                            let (x, y) = (Float::to_f64(c[i * p + j]) - offset, want[i * p + j]);
                             assert!(
-                                (x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (n as f64).sqrt(),
-                                "{what} p={p} n={n}: C[{i},{j}] = {x}, want {y}"
+                                (x - y).abs() <= tol * (1.0 + y.abs()) * (n as f64).sqrt(),
+                                "{what} {} p={p} n={n}: C[{i},{j}] = {x}, want {y}",
+                                T::NAME
                             );
                         }
                     }
                 };
                 for accumulate in [false, true] {
-                    let start = if accumulate { 1.0 } else { f64::NAN };
+                    let start = T::from_f64(if accumulate { 1.0 } else { f64::NAN });
                     let offset = if accumulate { 1.0 } else { 0.0 };
                     let mut c = vec![start; p * p];
-                    let mut ws = vec![0.0; workspace_len(p, p, n, 2)];
+                    let mut ws = vec![T::zero(); workspace_len(p, p, n, 2)];
                     gram_upper(&g, n, p, &mut c, accumulate, &mut ws);
                     close(&c, offset, "gram_upper");
                     for level in levels() {
-                        if gram::direct_fits(f64::tile_shape(level), p) {
+                        if gram::direct_fits(T::tile_shape(level), p) {
                             let mut c = vec![start; p * p];
                             // SAFETY: `levels` lists this CPU's.
                             unsafe { gram::gram_direct(level, &g, n, p, &mut c, accumulate) };
@@ -732,6 +737,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn gram_upper_matches_the_definition_at_every_level() {
+        check_gram::<f64>(1e-13);
+        check_gram::<f32>(1e-6);
     }
 
     #[test]
