@@ -135,6 +135,11 @@ def hammer(calls, reference, threads=8, repeats=25):
     assert not wrong, f"{len(wrong)} wrong results of calls {sorted(set(wrong))}"
 
 
+def flat(factors):
+    """The Kronecker factors ([A_l], [G_l]) as one vector."""
+    return np.concatenate([f.ravel() for group in factors for f in group])
+
+
 def test_every_model_method_is_safe_from_eight_threads():
     model = fa.Chain(fa.Dense(3, 6, "tanh"), fa.Dense(6, 3), dtype=np.float64, seed=0)
     model._TILE_ELEMENTS = 200  # many tiles per call: shared tile buffers would show
@@ -147,6 +152,8 @@ def test_every_model_method_is_safe_from_eight_threads():
             lambda X=X, Y=Y: model.fisher(X, Y, loss="mse"),
             lambda X=X, Y=Y: model.fisher(X, Y, loss="mse", kind="ggn"),
             lambda X=X, Y=Y: model.fisher_diag(X, Y, loss="sse", kind="ggn"),
+            lambda X=X, Y=Y: flat(model.fisher(X, Y, loss="mse", structure="kron")),
+            lambda X=X, Y=Y: flat(model.fisher(X, Y, loss="sse", kind="ggn", structure="kron")),
             lambda X=X, Y=Y: model.per_sample_grad_norms(X, Y, loss="mse"),
             lambda X=X, Y=Y: model.per_sample_grads(X, Y, loss="mse"),
             lambda X=X, Y=Y: model.value_and_grad(X, Y, loss="mse")[1],
@@ -306,13 +313,17 @@ print(np.isclose(tiled(W, small), h.sum()), whole.grad(W, small).shape)
 """, ["tiled KeyboardInterrupt True", "whole KeyboardInterrupt True", "True (256, 256)"])
 
 
-def test_ctrl_c_stops_fisher_on_a_large_batch():
-    expect_lines(INTERRUPT_AFTER + """
+@pytest.mark.parametrize("structure,width", [("full", 200), ("kron", 1000)])
+def test_ctrl_c_stops_fisher_on_a_large_batch(structure, width):
+    # "kron" empirical is one call into Rust over the whole batch: the replay itself must stop.
+    kind = "ggn" if structure == "full" else "empirical"
+    expect_lines(INTERRUPT_AFTER + f"""
 model = fa.Chain(fa.Dense(20, 200, "tanh"), fa.Dense(200, 10), seed=0)
+wide = fa.Chain(fa.Dense(20, {width}, "tanh"), fa.Dense({width}, 10), seed=0)
 X, Y = np.ones((400000, 20)), np.zeros((400000, 10))
 t0 = interrupt_after(0.5)
 try:
-    model.fisher(X, Y, kind="ggn")
+    wide.fisher(X, Y, kind="{kind}", structure="{structure}")
     print("not interrupted")
 except KeyboardInterrupt:
     print("KeyboardInterrupt", time.perf_counter() - t0 - 0.5 < 1.0)

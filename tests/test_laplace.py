@@ -472,9 +472,10 @@ def test_predict_with_out_allocates_nothing_after_the_first_call():
         assert peak < 8000, (kind, hessian, peak)
 
 
-@pytest.mark.parametrize("hessian,subset", [("kron", "all"), ("diag", "all"),
-                                            ("kron", "last_layer"), ("full", "last_layer")])
-def test_fit_memory_does_not_grow_with_n(hessian, subset):
+@pytest.mark.parametrize("hessian,subset,curvature", [
+    ("kron", "all", "ggn"), ("kron", "all", "ef"), ("diag", "all", "ggn"),
+    ("kron", "last_layer", "ggn"), ("full", "last_layer", "ggn")])
+def test_fit_memory_does_not_grow_with_n(hessian, subset, curvature):
     """fit streams the data: peak memory (NumPy's, by tracemalloc, and the native extension's)
     is the same for N = 20,000 and N = 200,000."""
     model = fa.Chain(fa.Dense(10, 64, "tanh"), fa.Dense(64, 20, "tanh"), fa.Dense(20, 3),
@@ -482,7 +483,8 @@ def test_fit_memory_does_not_grow_with_n(hessian, subset):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((200_000, 10)).astype(np.float32)
     y = rng.integers(0, 3, 200_000)
-    la = fa.Laplace(model, "classification", hessian=hessian, subset=subset)
+    la = fa.Laplace(model, "classification", hessian=hessian, subset=subset,
+                    curvature=curvature)
     la.fit(X[:20_000], y[:20_000])  # compiles, and makes the buffers a fit of this size needs
     peaks = []
     for n in (20_000, 200_000):
