@@ -214,6 +214,29 @@ fn per_sample_runner_rows_match_each_samples_own_gradient() {
     assert!(matches!(err, Error::Unsupported(_)), "{err}");
 }
 
+/// Each dense layer's ā and δ rows from `layer_rows` (starting from NaN, so every element must
+/// be written), and the loss.
+fn rows_of_layers(
+    plan: &Plan<f64>,
+    whole: &mut Whole<f64>,
+    args: &[&[f64]],
+    n: usize,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>, f64) {
+    let layers = plan.dense_layers().unwrap();
+    let mut a: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![f64::NAN; n * l.input_width()])
+        .collect();
+    let mut d: Vec<Vec<f64>> = layers
+        .iter()
+        .map(|l| vec![f64::NAN; n * l.outputs])
+        .collect();
+    let mut a_views: Vec<&mut [f64]> = a.iter_mut().map(|v| &mut v[..]).collect();
+    let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
+    let loss = layer_rows(plan, whole, args, n, Some(&mut a_views), &mut d_views).unwrap();
+    (a, d, loss)
+}
+
 #[test]
 fn layer_rows_are_the_factors_of_each_samples_gradient() {
     let plan = loss_plan();
@@ -235,27 +258,7 @@ fn layer_rows_are_the_factors_of_each_samples_gradient() {
     let mut whole = Whole::new(&plan).unwrap();
     let mut rows = vec![f64::NAN; n * P];
     per_sample_grad(&plan, &mut whole, &args, n, &mut rows).unwrap();
-    let mut a: Vec<Vec<f64>> = layers
-        .iter()
-        .map(|l| vec![f64::NAN; n * l.input_width()])
-        .collect();
-    let mut d: Vec<Vec<f64>> = layers
-        .iter()
-        .map(|l| vec![f64::NAN; n * l.outputs])
-        .collect();
-    let loss = {
-        let mut a_views: Vec<&mut [f64]> = a.iter_mut().map(|v| &mut v[..]).collect();
-        let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
-        layer_rows(
-            &plan,
-            &mut whole,
-            &args,
-            n,
-            Some(&mut a_views),
-            &mut d_views,
-        )
-        .unwrap()
-    };
+    let (a, mut d, loss) = rows_of_layers(&plan, &mut whole, &args, n);
     assert!((loss - loss_by_hand(&p, &x, &y)).abs() < 1e-12);
     // Sample b's gradient, rebuilt as δ_b ā_bᵀ (the bias's column is the 1 appended to ā).
     for b in 0..n {
@@ -291,24 +294,7 @@ fn kron_factors_sum_the_layer_rows_over_ragged_tiles() {
     let args: [&[f64]; 3] = [&p, &x, &y];
     // The reference: Σ_b ā_b ā_bᵀ and Σ_b δ_b δ_bᵀ from the rows layer_rows writes.
     let mut whole = Whole::new(&plan).unwrap();
-    let mut a: Vec<Vec<f64>> = layers
-        .iter()
-        .map(|l| vec![0.0; n * l.input_width()])
-        .collect();
-    let mut d: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; n * l.outputs]).collect();
-    {
-        let mut a_views: Vec<&mut [f64]> = a.iter_mut().map(|v| &mut v[..]).collect();
-        let mut d_views: Vec<&mut [f64]> = d.iter_mut().map(|v| &mut v[..]).collect();
-        layer_rows(
-            &plan,
-            &mut whole,
-            &args,
-            n,
-            Some(&mut a_views),
-            &mut d_views,
-        )
-        .unwrap();
-    }
+    let (a, d, _) = rows_of_layers(&plan, &mut whole, &args, n);
     let gram = |rows: &[f64], w: usize| {
         let m = ArrayView2::from_shape((n, w), rows).unwrap();
         m.t().dot(&m)

@@ -53,15 +53,10 @@ fn rows<'py, T: Float + Element>(
 ) -> PyResult<f64> {
     let call = LayerCall::<T>::new(program, locked, "layer_rows()", args)?;
     let n = call.batch;
-    let d_views = call.views(adjoints, "adjoints", &|l| [n, l.1])?;
-    let a_views = match inputs {
-        Some(list) => Some(call.views(list, "inputs", &|l| [n, l.0])?),
-        None => None,
-    };
     call.run(
         program,
-        ("adjoints", &d_views),
-        ("inputs", a_views.as_ref()),
+        ("adjoints", adjoints, &|l| [n, l.1]),
+        ("inputs", inputs, &|l| [n, l.0]),
         &|p, ins, d, a| p.layer_rows(ins, a, d),
     )
 }
@@ -91,21 +86,19 @@ fn factors<'py, T: Float + Element>(
     a: Option<&Bound<'py, PyList>>,
 ) -> PyResult<f64> {
     let call = LayerCall::<T>::new(program, locked, "kron_factors()", args)?;
-    let g_views = call.views(g, "G", &|l| [l.1, l.1])?;
-    let a_views = match a {
-        Some(list) => Some(call.views(list, "A", &|l| [l.0, l.0])?),
-        None => None,
-    };
     call.run(
         program,
-        ("G", &g_views),
-        ("A", a_views.as_ref()),
+        ("G", g, &|l| [l.1, l.1]),
+        ("A", a, &|l| [l.0, l.0]),
         &|p, ins, g, a| p.kron_factors(ins, a, g),
     )
 }
 
 /// Per-layer arrays a call writes: one list's checked views.
 type LayerViews<'py> = SmallVec<[OutView<'py>; 8]>;
+
+/// A layer's array shape from its (input width, outputs).
+type LayerShape<'f> = dyn Fn((usize, usize)) -> [usize; 2] + 'f;
 
 /// What runs without the GIL: (program, arguments, the first list's arrays, the second's).
 type LayerWork<'f, T> = dyn Fn(
@@ -161,7 +154,7 @@ impl<'a, 'py, T: Float + Element> LayerCall<'a, 'py, T> {
         &self,
         list: &Bound<'py, PyList>,
         what: &'static str,
-        shape: &dyn Fn((usize, usize)) -> [usize; 2],
+        shape: &LayerShape<'_>,
     ) -> PyResult<LayerViews<'py>> {
         if list.len() != self.layers.len() {
             return Err(to_py_err(crate::Error::Arity(format!(
@@ -178,15 +171,26 @@ impl<'a, 'py, T: Float + Element> LayerCall<'a, 'py, T> {
             .collect()
     }
 
-    /// Checks that no output overlaps an argument or another output, then runs `f` (program,
-    /// arguments, first list, second list) without the GIL.
+    /// Checks the two lists of arrays (named, with each layer's shape from its (input width,
+    /// outputs); the second optional), and that no array overlaps an argument or another,
+    /// then runs `f` (program, arguments, first list, second list) without the GIL.
     fn run(
         &self,
         program: &Program,
-        (first_name, first): (&'static str, &LayerViews<'py>),
-        (second_name, second): (&'static str, Option<&LayerViews<'py>>),
+        (first_name, first, first_shape): (&'static str, &Bound<'py, PyList>, &LayerShape<'_>),
+        (second_name, second, second_shape): (
+            &'static str,
+            Option<&Bound<'py, PyList>>,
+            &LayerShape<'_>,
+        ),
         f: &LayerWork<T>,
     ) -> PyResult<f64> {
+        let first = self.views(first, first_name, first_shape)?;
+        let second = match second {
+            Some(list) => Some(self.views(list, second_name, second_shape)?),
+            None => None,
+        };
+        let second = second.as_ref();
         let all: SmallVec<[&OutView; 16]> =
             first.iter().chain(second.into_iter().flatten()).collect();
         let count = first.len();

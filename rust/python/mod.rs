@@ -1,8 +1,9 @@
 //! The Python extension module `fastad._fastad`: argument checks and zero-copy views over the
 //! core crate, nothing more. One file per concern: `graph` (tracing), `program` (replays),
-//! `outer` (batched outer products), `layer_rows` (dense layers' per-sample factors), `train` (optimisers, training loops), `arrays` (the NumPy
-//! argument and `out=` checks), `dtype` (element types), `errors` (core errors → exceptions, the GIL-free guard), `locked`
-//! (the lock of objects used from several threads).
+//! `outer` (batched outer products), `layer_rows` (dense layers' per-sample factors and their
+//! Kronecker sums), `train` (optimisers, training loops), `arrays` (the NumPy argument and
+//! `out=` checks), `dtype` (element types), `errors` (core errors → exceptions, the GIL-free
+//! guard), `locked` (the lock of objects used from several threads).
 use pyo3::prelude::*;
 
 mod arrays;

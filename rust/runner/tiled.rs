@@ -56,8 +56,9 @@ pub(crate) struct TileView<'a, T> {
     pub rows: usize,
 }
 
-/// Called by task t (below the replay's task count) with each of its tiles once the tile's reverse sweep is
-/// done, to take what it needs from the rows before the next tile overwrites them.
+/// Called by task t (below the replay's task count) with each of its tiles once the tile's
+/// reverse sweep is done, to take what it needs from the rows before the next tile overwrites
+/// them.
 pub(crate) type TileVisit<'a, T> = dyn Fn(usize, &TileView<T>) + Sync + 'a;
 
 /// What every tile of one replay shares.
