@@ -534,6 +534,30 @@ def test_methods_from_several_threads_agree_with_one():
     assert not errors, errors
 
 
+@pytest.mark.parametrize("hessian,subset", [("kron", "last_layer"), ("kron", "all"),
+                                            ("diag", "all")])
+def test_ctrl_c_stops_a_long_predictive(hessian, subset):
+    """SIGINT half a second into the predictive of millions of points: KeyboardInterrupt within
+    a second (inside one tile's program or between tiles), and the object still predicts."""
+    from test_hardening import INTERRUPT_AFTER, expect_lines
+    expect_lines(INTERRUPT_AFTER + f"""
+model = fa.Chain(fa.Dense(10, 256, "tanh"), fa.Dense(256, 256, "tanh"), fa.Dense(256, 3),
+                 dtype=np.float32, seed=0)
+X = np.random.default_rng(0).standard_normal((2_000_000, 10)).astype(np.float32)
+y = np.zeros(2_000_000, np.int64)
+la = fa.Laplace(model, "classification", hessian="{hessian}", subset="{subset}").fit(X[:500],
+                                                                                   y[:500])
+want = la.predict(X[:5])
+t0 = interrupt_after(0.5)
+try:
+    la.predict(X)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", time.perf_counter() - t0 - 0.5 < 1.0)
+print("still predicts", np.array_equal(la.predict(X[:5]), want))
+""", ["KeyboardInterrupt True", "still predicts True"], timeout=300)
+
+
 def test_ctrl_c_stops_a_long_fit():
     """SIGINT half a second into a fit over millions of rows: KeyboardInterrupt within a second,
     and the object keeps its previous fit."""
