@@ -491,19 +491,19 @@ class Laplace:
                 raise TypeError("out must be a tuple (mean, var) of two float64 (M, K) arrays")
             else:
                 mean, var = _out64(out[0], (M, K), "out[0]"), _out64(out[1], (M, K), "out[1]")
-            for r0, r1, F, V in self._tiles(f, root, Xs):
+            for r0, r1, F, v in self._tiles(f, root, Xs, diagonal=True):
                 mean[r0:r1] = F
-                np.copyto(var[r0:r1], np.diagonal(V, axis1=1, axis2=2))
+                np.copyto(var[r0:r1], v)
             var += h.sigma ** 2
             return mean, var
         if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         probs = np.empty((M, K)) if out is None else _out64(out, (M, K), "out")
         rng = np.random.default_rng(seed) if link == "mc" else None
-        for r0, r1, F, V in self._tiles(f, root, Xs):
+        for r0, r1, F, V in self._tiles(f, root, Xs, diagonal=link == "probit"):
             if link == "probit":  # in place, column by column: broadcasting would buffer
                 z = probs[r0:r1]
-                np.copyto(z, np.diagonal(V, axis1=1, axis2=2))
+                np.copyto(z, V)
                 z *= math.pi / 8.0
                 z += 1.0
                 np.sqrt(z, out=z)
@@ -516,9 +516,10 @@ class Laplace:
                 probs[r0:r1] = _link(draws).mean(axis=0)
         return probs
 
-    def _tiles(self, f: _Fitted, root: Any, Xs: np.ndarray, need_mean: bool = True):
-        """(start, stop, f* (t, K), J Σ Jᵀ (t, K, K)) per tile of Xs's rows, in float64, from
-        this thread's reused buffers."""
+    def _tiles(self, f: _Fitted, root: Any, Xs: np.ndarray, need_mean: bool = True,
+               diagonal: bool = False):
+        """(start, stop, f* (t, K), J Σ Jᵀ (t, K, K) — or with `diagonal` only its diagonal
+        (t, K)) per tile of Xs's rows, in float64, from this thread's reused buffers."""
         K, M = self.model.out_features, Xs.shape[0]
         kron = self.hessian == "kron"
         # A linear last layer after features: one program gives f and J Σ Jᵀ's weights.
@@ -542,7 +543,9 @@ class Laplace:
                 F[...] = fw[:, :K]
                 weights = s["weights"][:n]
                 weights[...] = fw[:, K:]
-                f.posterior.layers[0].output_variance(weights, V)
+                if diagonal:
+                    V = s["diagonal"][:n]
+                f.posterior.layers[0].output_variance(weights, V, diagonal)
                 yield r0, r1, F, V
                 continue
             V[...] = 0.0
@@ -569,7 +572,7 @@ class Laplace:
                     s["seeded"].per_sample_grad(f.net_params, inputs, s["C"][k][:n], out=rows)
                     J[:, k, :] = rows
                 f.posterior.functional_variance(root, J, V, s["scratch"][:n])
-            yield r0, r1, F, V
+            yield r0, r1, F, (np.diagonal(V, axis1=1, axis2=2) if diagonal else V)
 
     def _buffers(self, f: _Fitted, t: int, path: str) -> dict:
         """This thread's buffers for tiles of t rows on `path` ("head": a linear last layer's
@@ -592,6 +595,7 @@ class Laplace:
             s["H_f"][:, :K] = U.T @ Wb.T
             s["H_v"] = (None, None)  # made from the covariance's root by the first tile
             s["fw"], s["weights"] = np.empty((t, 2 * K), net.dtype), np.empty((t, K))
+            s["diagonal"] = np.empty((t, K))
             self._scratch.buffers = s
             return s
         s.update({"seeded": seeded_program(net), "forward": net._forward_program(),

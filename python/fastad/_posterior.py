@@ -144,6 +144,7 @@ class KronLayer:
         self.U_net = np.ascontiguousarray(self.U, self.dtype)
         self._rotate: Any = None  # its program, compiled by the first predictive
         self.outer_rows: Optional[np.ndarray] = None  # V_ko V_k'o, (n_out, n_out²), when needed
+        self.squares: Optional[np.ndarray] = None  # V_ko², (n_out, n_out), when needed
 
     def rotate(self, a: np.ndarray, out: np.ndarray) -> None:
         """out = ā U (M × w)."""
@@ -153,11 +154,18 @@ class KronLayer:
                                    spec((w, w), self.dtype), dtype=self.dtype)
         self._rotate(a, self.U_net, out=out)
 
-    def output_variance(self, weights: np.ndarray, out: np.ndarray) -> None:
+    def output_variance(self, weights: np.ndarray, out: np.ndarray,
+                        diagonal: bool = False) -> None:
         """out (M, K, K) = J Σ Jᵀ of the outputs' own linear layer from its `weights` (M, K)
         float64, w_o = Σ_j ã_j / e_oj: there δ_k = e_k, so z_k = V[k] for every row and
-        (J Σ Jᵀ)_kk' = Σ_o V_ko V_k'o w_o, one product with the rows V_ko V_k'o."""
+        (J Σ Jᵀ)_kk' = Σ_o V_ko V_k'o w_o, one product with the rows V_ko V_k'o; with
+        `diagonal`, out (M, K) = its diagonal, Σ_o V_ko² w_o."""
         M, K = weights.shape
+        if diagonal:
+            if self.squares is None:
+                self.squares = np.ascontiguousarray((self.V ** 2).T)
+            np.matmul(weights, self.squares, out=out)
+            return
         if self.outer_rows is None:
             self.outer_rows = np.einsum("ko,lo->okl", self.V, self.V).reshape(K, K * K)
         np.matmul(weights, self.outer_rows, out=out.reshape(M, K * K))
