@@ -19,11 +19,20 @@ demo: install
 	$(PY) -m fastad
 
 # Everything: Rust unit and integration tests (with fastad's pool, then on rayon's), then the
-# Python tests against the installed wheel.
+# Python tests against the installed wheel; then both again on each narrower instruction set
+# than this CPU's (FASTAD_SIMD caps it: avx2 and baseline on an AVX-512 CPU, baseline on an
+# AVX2 one), so every kernel level runs. Those runs leave out the benchmark demo and the
+# Ctrl-C timings (on the portable kernels one product can outlast their one-second bound).
 test: install
 	cargo test
 	cargo test --features rayon
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider .
+	for level in $$(cd tests && ../$(PY) -c "import fastad; print(' '.join(fastad._narrower_instruction_sets()))"); do \
+		echo "== FASTAD_SIMD=$$level"; \
+		FASTAD_SIMD=$$level cargo test || exit 1; \
+		(cd tests && FASTAD_SIMD=$$level ../$(PY) -m pytest -q -p no:cacheprovider \
+			-k "not ctrl_c and not test_main_job_runs" .) || exit 1; \
+	done
 
 bench: install
 	cargo bench

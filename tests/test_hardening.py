@@ -430,6 +430,39 @@ def test_every_loss_taking_method_has_the_same_default_loss():
     assert set(defaults.values()) == {"sse"}, defaults
 
 
+def test_fastad_simd_caps_the_kernels_and_they_agree():
+    """FASTAD_SIMD=baseline runs the portable kernels (a fresh process: the level is chosen
+    once); a product and a network's gradient agree with the native level's; an unknown value
+    warns and is ignored."""
+    code = """
+import sys, warnings
+warnings.simplefilter("error")
+import numpy as np, fastad as fa
+rng = np.random.default_rng(0)
+A, B = rng.standard_normal((70, 300)), rng.standard_normal((300, 45))
+f = fa.compile(lambda a, b: a @ b, fa.spec((70, 300), np.float64), fa.spec((300, 45), np.float64))
+model = fa.Chain(fa.Dense(5, 33, "tanh"), fa.Dense(33, 2), dtype=np.float64, seed=0)
+X, Y = rng.standard_normal((3000, 5)), rng.standard_normal((3000, 2))
+np.save(sys.stdout.buffer, np.concatenate([f(A, B).ravel(), model.value_and_grad(X, Y)[1]]))
+"""
+    import io
+    native_env = {k: v for k, v in os.environ.items() if k != "FASTAD_SIMD"}
+    env = dict(native_env, FASTAD_SIMD="baseline")
+    r = subprocess.run([sys.executable, "-c", "import fastad as fa; print(fa.instruction_set(),"
+                        " fa._narrower_instruction_sets())"], capture_output=True, text=True,
+                       env=env)
+    assert r.stdout == "baseline []\n", r.stdout + r.stderr
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, env=e)
+            for e in (env, native_env)]
+    assert all(p.returncode == 0 for p in runs), [p.stderr for p in runs]
+    got, want = (np.load(io.BytesIO(p.stdout)) for p in runs)
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+    bad = subprocess.run([sys.executable, "-W", "always", "-c", "import fastad as fa; "
+                          "print(fa.instruction_set() in ('avx512', 'avx2', 'baseline'))"],
+                         capture_output=True, text=True, env=dict(os.environ, FASTAD_SIMD="sse9"))
+    assert bad.stdout == "True\n" and "FASTAD_SIMD='sse9' is not one of" in bad.stderr, bad
+
+
 def test_the_benchmark_table_names_its_instruction_set_and_caps_shares_of_the_peak(capsys):
     from concurrent.futures import ThreadPoolExecutor
     from fastad import _bench

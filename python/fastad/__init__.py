@@ -31,6 +31,27 @@ from ._laplace import Laplace
 
 __version__ = "0.1.0"
 
+# The instruction sets, widest first; FASTAD_SIMD caps the kernels at one of them.
+_INSTRUCTION_SETS = ("avx512", "avx2", "baseline")
+
+
+def _check_simd_variable() -> None:
+    import os
+    import warnings
+    value = os.environ.get("FASTAD_SIMD")
+    if value is not None and value.strip().lower() not in _INSTRUCTION_SETS:
+        warnings.warn(f"FASTAD_SIMD={value!r} is not one of {_INSTRUCTION_SETS}; ignored "
+                      f"(fastad runs with {instruction_set()!r})", RuntimeWarning, stacklevel=3)
+
+
+def _narrower_instruction_sets() -> list:
+    """The instruction sets narrower than the one the kernels use (for the test suite, which
+    runs again under each with FASTAD_SIMD)."""
+    return list(_INSTRUCTION_SETS[_INSTRUCTION_SETS.index(instruction_set()) + 1:])
+
+
+_check_simd_variable()
+
 __all__ = [
     "Chain", "Dense", "Program", "Spec", "Tracer", "gelu", "allocation_count", "compile", "get_num_threads", "set_num_threads",
     "spec", "abs", "bce_logits", "cos", "cross_entropy", "exp", "expm1", "log", "log1p",

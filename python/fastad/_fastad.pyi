@@ -77,7 +77,8 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads fastad's parallel kernels use."""
 def instruction_set() -> str:
-    """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline"."""
+    """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline"
+    (FASTAD_SIMD, read at start-up, caps it)."""
 def _panic_in_guard(program: Optional[Program] = None) -> None:
     """Test hook: panics inside the guard of GIL-free calls (holding `program`'s lock when
     given); raises RuntimeError."""

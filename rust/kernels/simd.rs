@@ -2,6 +2,7 @@
 //! runs everywhere); hot loops are wrapped in `dispatch`, which runs them inside a function
 //! compiled for AVX-512 or AVX2+FMA when this CPU has it. Everything the loop calls must be
 //! `#[inline(always)]` (or inlined anyway) to be compiled for the wider instruction set.
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The vector instruction sets `dispatch` can choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,9 +22,52 @@ impl Level {
     }
 }
 
-/// The widest instruction set this CPU has (std caches the detection, so this is cheap).
+/// The instruction set the kernels use: the widest this CPU has, capped by the environment
+/// variable `FASTAD_SIMD` ("baseline", "avx2" or "avx512", read once, at the first call) so
+/// the narrower paths can be tested and measured on a wider CPU. Decided once for the process:
+/// packed buffers are laid out for it.
 #[inline]
 pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Avx512,
+        2 => Level::Avx2,
+        3 => Level::Baseline,
+        _ => decide(),
+    }
+}
+
+/// `level()`'s choice once made: 0 before, else 1 + its rank (widest first).
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+#[cold]
+fn decide() -> Level {
+    let cap = std::env::var("FASTAD_SIMD").ok().and_then(|v| parse(&v));
+    let level = match cap {
+        Some(cap) if rank(cap) > rank(detected()) => cap,
+        _ => detected(),
+    };
+    LEVEL.store(rank(level) + 1, Ordering::Relaxed);
+    level
+}
+
+/// 0 for the widest set.
+fn rank(level: Level) -> u8 {
+    match level {
+        Level::Avx512 => 0,
+        Level::Avx2 => 1,
+        Level::Baseline => 2,
+    }
+}
+
+/// A level by its `name`, or None.
+pub fn parse(name: &str) -> Option<Level> {
+    [Level::Avx512, Level::Avx2, Level::Baseline]
+        .into_iter()
+        .find(|l| l.name().eq_ignore_ascii_case(name.trim()))
+}
+
+/// The widest instruction set this CPU has (std caches the detection).
+fn detected() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -60,4 +104,21 @@ unsafe fn with_avx512<R>(body: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn with_avx2<R>(body: impl FnOnce() -> R) -> R {
     body()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_by_name_and_the_cap_only_narrows() {
+        assert_eq!(parse(" AVX2 "), Some(Level::Avx2));
+        assert_eq!(parse("baseline"), Some(Level::Baseline));
+        assert_eq!(parse("sse4"), None);
+        // Whatever FASTAD_SIMD says, the level is one this CPU has.
+        assert!(rank(level()) >= rank(detected()));
+        if let Some(cap) = std::env::var("FASTAD_SIMD").ok().and_then(|v| parse(&v)) {
+            assert!(rank(level()) >= rank(cap));
+        }
+    }
 }

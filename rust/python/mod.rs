@@ -60,7 +60,8 @@ fn get_num_threads() -> usize {
 }
 
 /// The vector instruction set fastad's kernels run with on this CPU: "avx512", "avx2" (with
-/// FMA) or "baseline", chosen at run time (one wheel runs on every x86-64 CPU).
+/// FMA) or "baseline", chosen at run time (one wheel runs on every x86-64 CPU); the environment
+/// variable FASTAD_SIMD, read at start-up, can cap it at a narrower one.
 #[pyfunction]
 fn instruction_set() -> &'static str {
     crate::kernels::simd::level().name()
