@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::gemm::{gram_upper, mirror_upper, workspace_len};
 use crate::kernels::simd::dispatch;
-use crate::kernels::{add_row_combination, SharedMut};
+use crate::kernels::{add_row_combination, axpy, SharedMut};
 use crate::plan::dense_layers::DenseLayer;
 use crate::plan::Plan;
 use crate::runner::layer_rows::check_layer_buffers;
@@ -89,25 +89,22 @@ pub fn kron_factors<T: Float>(
     let (first, rest) = sums.tasks[..tasks].split_at_mut(1);
     let total = &mut first[0];
     for (l, layer) in layers.iter().enumerate() {
+        let one = T::one();
         for t in rest.iter() {
-            add(&mut total.adjoints[l], &t.adjoints[l]);
+            axpy(&mut total.adjoints[l], one, &t.adjoints[l]);
             if with_inputs {
-                add(&mut total.inputs[l], &t.inputs[l]);
-                add(&mut total.input_sums[l], &t.input_sums[l]);
+                axpy(&mut total.inputs[l], one, &t.inputs[l]);
+                axpy(&mut total.input_sums[l], one, &t.input_sums[l]);
             }
         }
-        let n = layer.outputs;
-        mirror_upper(&mut total.adjoints[l], n);
-        let s2 = scale * scale;
-        g[l].iter_mut()
-            .zip(&total.adjoints[l])
-            .for_each(|(g, &d)| *g += s2 * d);
+        mirror_upper(&mut total.adjoints[l], layer.outputs);
+        axpy(&mut *g[l], scale * scale, &total.adjoints[l]);
         if let Some(a) = a.as_deref_mut() {
             let (k, w) = (layer.inputs, layer.input_width());
             mirror_upper(&mut total.inputs[l], k);
             let a = &mut *a[l];
             for (row, src) in a.chunks_exact_mut(w).zip(total.inputs[l].chunks_exact(k)) {
-                add(&mut row[..k], src);
+                axpy(&mut row[..k], one, src);
             }
             if w > k {
                 for (i, &s) in total.input_sums[l].iter().enumerate() {
@@ -118,12 +115,7 @@ pub fn kron_factors<T: Float>(
             }
         }
     }
-    let loss = whole.output(plan, args, batch);
-    Ok(loss.iter().fold(T::zero(), |s, &v| s + v))
-}
-
-fn add<T: Float>(dst: &mut [T], src: &[T]) {
-    dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+    Ok(whole.output_sum(plan, args, batch))
 }
 
 impl<T: Float> KronSums<T> {

@@ -101,8 +101,5 @@ pub(crate) fn seeded_sweeps<T: Float>(
 ) -> Result<T> {
     whole.forward(plan, args, batch)?;
     whole.backward(plan, args, batch, Seed::Ones)?;
-    Ok(whole
-        .output(plan, args, batch)
-        .iter()
-        .fold(T::zero(), |s, &v| s + v))
+    Ok(whole.output_sum(plan, args, batch))
 }

@@ -154,6 +154,14 @@ impl<T: Float> Whole<T> {
         )
     }
 
+    /// The sum of the output's elements after a replay: the loss, or the sum of the
+    /// per-sample losses of a program with one loss per sample.
+    pub fn output_sum(&self, plan: &Plan<T>, args: &[&[T]], batch: usize) -> T {
+        self.output(plan, args, batch)
+            .iter()
+            .fold(T::zero(), |s, &v| s + v)
+    }
+
     /// Copies the gradient of each wrt argument into `grads` (checked by `Plan::check_grads`).
     pub fn write_grads(&self, plan: &Plan<T>, grads: &mut [&mut [T]]) {
         for (g, &w) in grads.iter_mut().zip(&plan.wrt) {
