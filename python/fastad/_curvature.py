@@ -62,10 +62,7 @@ def kron_factors(model: Any, X: Any, Y: Any, loss: Any, kind: str, out: Any,
     "ggn"), summed in Rust inside the batched sweeps that give gradients, tile by tile."""
     X, Y, loss_prog, factor = _checked(model, X, Y, loss, kind)
     prog = loss_prog if kind == "empirical" else seeded_program(model)
-    layers = dense_layers(prog)
-    shapes = ([(k + (b is not None),) * 2 for _, b, k, _ in layers],
-              [(n, n) for _, _, _, n in layers])
-    A, G = _factor_outs(model, out, shapes, accumulate, X, Y)
+    A, G = _factor_outs(model, out, kron_shapes(dense_layers(prog)), accumulate, X, Y)
     if kind == "empirical":
         args = (X,) if Y is None else (X, Y)
         _kron_factors(prog, model.params, *args, G=G, A=A)
@@ -216,6 +213,14 @@ def _accumulator(model: Any, out: Optional[np.ndarray], shape: Tuple[int, ...],
     if not accumulate:
         F[...] = 0.0
     return F
+
+
+def kron_shapes(layers: List[Tuple[int, Optional[int], int, int]]
+                ) -> Tuple[List[Tuple[int, int]], ...]:
+    """The Kronecker factors' shapes for `dense_layers`' layers: ([A_l], [G_l]), A_l over the
+    inputs and the bias's 1, G_l over the outputs."""
+    return ([(k + (b is not None),) * 2 for _, b, k, _ in layers],
+            [(n, n) for _, _, _, n in layers])
 
 
 def _factor_outs(model: Any, out: Any, shapes: Tuple[List[Tuple[int, int]], ...],

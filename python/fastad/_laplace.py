@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _posterior
 from ._compile import compile, spec
-from ._curvature import _check_labels, seeded_program
+from ._curvature import _check_labels, _factor_outs, kron_shapes, seeded_program
 from ._dense import Dense
 from ._fastad import dense_layers, layer_rows
 from ._losses import resolve, unit_rows
@@ -225,7 +225,8 @@ class Laplace:
             theta = model.params.copy()
             net, features = self._net(theta)
             kind = "ggn" if self.curvature == "ggn" else "empirical"
-            out = self._accumulators(net)
+            layers = dense_layers(seeded_program(net)) if self.hessian == "kron" else None
+            out = self._accumulators(net, layers)
             n, K = X.shape[0], model.out_features
             data_term = 0.0
             for r0 in range(0, n, FIT_ROWS):
@@ -244,7 +245,7 @@ class Laplace:
                 post = _posterior.Kron(
                     [_posterior.KronLayer(A, G, unit / max(n, 1), _posterior.kron_index(*layer),
                                           net.dtype)
-                     for A, G, layer in zip(*out, dense_layers(seeded_program(net)))],
+                     for A, G, layer in zip(*out, layers)],
                     self.n_params)
             self._fitted = _Fitted(
                 theta=theta, net=net, net_params=net.params.copy(), features=features,
@@ -294,15 +295,14 @@ class Laplace:
             *specs, *heads, dtype=dt))
         return prog, (np.ascontiguousarray(U, dt),)
 
-    def _accumulators(self, net: Any) -> Any:
-        """Zeroed arrays for the curvature's sums: the matrix, its diagonal, or (A, G) lists."""
+    def _accumulators(self, net: Any, layers: Any) -> Any:
+        """Zeroed arrays for the curvature's sums: the matrix, its diagonal, or for "kron" the
+        (A, G) lists of `layers` (`dense_layers`' tuples)."""
         p = net.n_params
         if self.hessian == "diag":
             return np.zeros(p, net.dtype)
         if self.hessian == "kron":
-            layers = dense_layers(seeded_program(net))
-            return ([np.zeros((k + (b is not None),) * 2, net.dtype) for _, b, k, _ in layers],
-                    [np.zeros((o, o), net.dtype) for _, _, _, o in layers])
+            return _factor_outs(net, None, kron_shapes(layers), False)
         try:
             return np.zeros((p, p), net.dtype)
         except MemoryError:
