@@ -442,6 +442,29 @@ def test_errors_name_the_problem():
         la.sample(10**13)
 
 
+def test_kron_factors_too_large_for_memory_raise_memory_error():
+    """A layer with 400,000 inputs has an A factor of 1.3 TB: MemoryError (from NumPy's array
+    or the Rust sums, whichever is first), in a subprocess, and the model still works."""
+    from test_hardening import expect_lines
+    expect_lines("""
+        import numpy as np, fastad as fa
+        model = fa.Chain(fa.Dense(400_000, 1), dtype=np.float64, seed=0)
+        X, Y = np.zeros((2, 400_000)), np.zeros((2, 1))
+        for kind in ("empirical", "ggn"):
+            try:
+                model.fisher(X, Y, kind=kind, structure="kron")
+                print("no error")
+            except MemoryError:
+                print("MemoryError")
+        try:
+            fa.Laplace(model, hessian="kron").fit(X, Y)
+            print("no error")
+        except MemoryError:
+            print("MemoryError")
+        print(model(X).shape)
+    """, ["MemoryError", "MemoryError", "MemoryError", "(2, 1)"])
+
+
 def test_predict_with_out_allocates_nothing_after_the_first_call():
     model = tanh_net(2)
     X, Y = data("regression", 2)
