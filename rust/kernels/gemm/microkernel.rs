@@ -75,50 +75,61 @@ unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
 
 const PORTABLE: (usize, usize) = (4, 8);
 
-/// An x86 kernel with MR rows and two vectors of `lanes` per row (NR = 2·lanes).
+/// An x86 kernel with MR rows and `V` vectors of `lanes` per row: V = 2 for full tiles
+/// (NR = 2·lanes), V = 1 for an edge panel with at most `lanes` live columns, which then costs
+/// half as much (a 20-column C pads to 24 columns, not 32).
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_kernel {
     ($name:ident, $t:ty, $features:literal, $mr:literal, $lanes:literal, $vec:ty,
      $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident) => {
         /// `PACKED_A`: A's rows are adjacent (a_row = 1), so row offsets are constants.
         #[target_feature(enable = $features)]
-        unsafe fn $name<const PACKED_A: bool>(kc: usize, s: Src<$t>, d: Dest<$t>) {
+        unsafe fn $name<const PACKED_A: bool, const V: usize>(kc: usize, s: Src<$t>, d: Dest<$t>) {
             use std::arch::x86_64::*;
             const MR: usize = $mr;
             const L: usize = $lanes;
-            let mut c0: [$vec; MR] = [$zero(); MR];
-            let mut c1: [$vec; MR] = [$zero(); MR];
+            // Ask for C's lines now, so a shallow product (few multiply-adds per tile) does
+            // not stall on them at the stores: its C streams from and to memory.
+            if d.col_stride == 1 {
+                for i in 0..d.rows {
+                    let out = d.ptr.add(i * d.row_stride) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(out);
+                    _mm_prefetch::<_MM_HINT_T0>(out.add(V * L * size_of::<$t>() - 1));
+                }
+            }
+            let mut c: [[$vec; V]; MR] = [[$zero(); V]; MR];
             let (mut a, mut b) = (s.a, s.b);
             let row = if PACKED_A { 1 } else { s.a_row };
             for _ in 0..kc {
-                let b0 = $load(b);
-                let b1 = $load(b.add(L));
+                let bv: [$vec; V] = std::array::from_fn(|v| $load(b.add(v * L)));
                 for i in 0..MR {
                     let ai = $set1(*a.add(i * row));
-                    c0[i] = $fmadd(ai, b0, c0[i]);
-                    c1[i] = $fmadd(ai, b1, c1[i]);
+                    for v in 0..V {
+                        c[i][v] = $fmadd(ai, bv[v], c[i][v]);
+                    }
                 }
                 a = a.add(s.a_depth);
                 b = b.add(s.b_depth);
             }
-            if d.col_stride == 1 && d.rows == MR && d.cols == 2 * L {
+            if d.col_stride == 1 && d.rows == MR && d.cols == V * L {
                 for i in 0..MR {
-                    let c = d.ptr.add(i * d.row_stride);
-                    let (mut v0, mut v1) = (c0[i], c1[i]);
-                    if d.accumulate {
-                        v0 = $add(v0, $load(c));
-                        v1 = $add(v1, $load(c.add(L)));
+                    let out = d.ptr.add(i * d.row_stride);
+                    for v in 0..V {
+                        let mut x = c[i][v];
+                        if d.accumulate {
+                            x = $add(x, $load(out.add(v * L)));
+                        }
+                        $store(out.add(v * L), x);
                     }
-                    $store(c, v0);
-                    $store(c.add(L), v1);
                 }
             } else {
                 let mut buf = [<$t>::default(); MR * 2 * L];
                 for i in 0..MR {
-                    $store(buf.as_mut_ptr().add(i * 2 * L), c0[i]);
-                    $store(buf.as_mut_ptr().add(i * 2 * L + L), c1[i]);
+                    for v in 0..V {
+                        $store(buf.as_mut_ptr().add(i * V * L + v * L), c[i][v]);
+                    }
                 }
-                write_buffered(&buf, 2 * L, d);
+                write_buffered(&buf, V * L, d);
             }
         }
     };
@@ -197,15 +208,24 @@ macro_rules! impl_kernel {
             }
             #[inline]
             unsafe fn tile(level: Level, kc: usize, s: Src<Self>, d: Dest<Self>) {
-                match (level, s.a_row == 1) {
+                let half = d.cols <= Self::tile_shape(level).1 / 2;
+                match (level, s.a_row == 1, half) {
                     #[cfg(target_arch = "x86_64")]
-                    (Level::Avx512, true) => $avx512::<true>(kc, s, d),
+                    (Level::Avx512, true, false) => $avx512::<true, 2>(kc, s, d),
                     #[cfg(target_arch = "x86_64")]
-                    (Level::Avx512, false) => $avx512::<false>(kc, s, d),
+                    (Level::Avx512, false, false) => $avx512::<false, 2>(kc, s, d),
                     #[cfg(target_arch = "x86_64")]
-                    (Level::Avx2, true) => $avx2::<true>(kc, s, d),
+                    (Level::Avx512, true, true) => $avx512::<true, 1>(kc, s, d),
                     #[cfg(target_arch = "x86_64")]
-                    (Level::Avx2, false) => $avx2::<false>(kc, s, d),
+                    (Level::Avx512, false, true) => $avx512::<false, 1>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, true, false) => $avx2::<true, 2>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, false, false) => $avx2::<false, 2>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, true, true) => $avx2::<true, 1>(kc, s, d),
+                    #[cfg(target_arch = "x86_64")]
+                    (Level::Avx2, false, true) => $avx2::<false, 1>(kc, s, d),
                     _ => tile_portable::<Self, { PORTABLE.0 }, { PORTABLE.1 }>(kc, s, d),
                 }
             }

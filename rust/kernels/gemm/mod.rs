@@ -105,12 +105,15 @@ fn gemm_at<T: Float>(
         col_stride: 1,
     };
     let (mr, nr) = T::tile_shape(level);
-    // Vectors run along C's columns; when C is narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead
-    // pads fewer lanes (n = 20 with NR = 16 wastes 37%) — unless Aᵀ, the new B, would then
-    // have to be packed (transposed) for the few slivers that read it.
-    let padded = |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr);
+    // Vectors run along C's columns, a ragged last panel in whole vectors (NR/2); when C is
+    // narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead can pad fewer lanes (n = 4 with NR = 16
+    // pads to 8). It must save an eighth of the work: Cᵀ's tiles are written element by
+    // element down C's columns (a 10000×1000 C written so measured 1.7× slower than by rows).
+    // And Aᵀ, the new B, must not need packing (transposed) for the few slivers that read it.
+    let padded =
+        |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr / 2);
     let new_b_in_place = a.row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
-    let problem = if padded(n, m) < padded(m, n) && new_b_in_place {
+    let problem = if 8 * padded(n, m) < 7 * padded(m, n) && new_b_in_place {
         Problem {
             m: n,
             n: m,
@@ -363,8 +366,8 @@ struct Problem<T> {
     /// B already packed whole by `pack_whole_b` (null: pack or read B as the product goes).
     prepacked_b: *const T,
     /// Only C's upper triangle is wanted (C = AᵀA is symmetric): micro-tiles wholly below the
-    /// diagonal are skipped, and row blocks go to the threads in turn (the triangle's rows
-    /// carry unequal work).
+    /// diagonal are skipped. (The triangle's row blocks carry unequal work; the threads take
+    /// them one at a time, the largest first.)
     upper: bool,
 }
 
@@ -384,6 +387,7 @@ impl<T: Float> Problem<T> {
             1
         };
         let (b_pack, a_packs) = ws.split_at_mut(b_len);
+        let slots = Slots::new(threads.min(64));
         let a_packs = crate::kernels::SharedMut::new(a_packs);
         // Packing a block pays when the block is reused: B's by every sliver of A, A's by
         // every panel of B. Otherwise the kernel reads the operand in place (B only when its
@@ -429,45 +433,31 @@ impl<T: Float> Problem<T> {
                     b_block,
                     accumulate: accumulate || pc > 0,
                 };
-                // Tasks: blocks of mc rows, and when there are fewer blocks than threads,
-                // each block's panels split further.
+                // Tasks: one per block of mc rows, taken by whichever thread is free (on a
+                // shared machine a thread may run slower for a while; one fixed share per
+                // thread measured up to 1.15× slower). When there are fewer blocks than
+                // threads, each block's panels split further.
                 let blocks = m.div_ceil(mc);
                 let per_block = (threads / blocks).clamp(1, panels);
-                let tasks = if blocks >= threads {
-                    threads
-                } else {
-                    blocks * per_block
-                };
+                let tasks = blocks * per_block;
                 let task = |t: usize| {
-                    // SAFETY: task t alone uses the t-th A buffer.
-                    let a_block = unsafe { a_packs.range(t * a_len..(t + 1) * a_len) };
-                    let (rows, panel_range) = if blocks >= threads {
-                        (crate::parallel::split(blocks, tasks, t), 0..panels)
-                    } else {
-                        let (blk, part) = (t / per_block, t % per_block);
-                        (
-                            blk..blk + 1,
-                            crate::parallel::split(panels, per_block, part),
+                    let slot = slots.claim();
+                    // SAFETY: the claimed slot's A buffer is this task's alone.
+                    let a_block = unsafe { a_packs.range(slot.0 * a_len..(slot.0 + 1) * a_len) };
+                    let (blk, part) = (t / per_block, t % per_block);
+                    let ic = blk * mc;
+                    let panel_range = crate::parallel::split(panels, per_block, part);
+                    // SAFETY: tasks write disjoint tiles of C.
+                    unsafe {
+                        self.tiles(
+                            level,
+                            (mr, nr),
+                            &block,
+                            (ic, mc.min(m - ic)),
+                            &panel_range,
+                            a_block,
                         )
                     };
-                    // The triangle's blocks in turn (t, t + tasks, …); else a contiguous run.
-                    let (mine, step) = match self.upper && blocks >= threads {
-                        true => (t..blocks, tasks),
-                        false => (rows, 1),
-                    };
-                    for blk in mine.step_by(step) {
-                        let ic = blk * mc;
-                        unsafe {
-                            self.tiles(
-                                level,
-                                (mr, nr),
-                                &block,
-                                (ic, mc.min(m - ic)),
-                                &panel_range,
-                                a_block,
-                            )
-                        };
-                    }
                 };
                 crate::parallel::run(tasks, &task);
             }
@@ -550,6 +540,56 @@ impl<T: Float> Problem<T> {
                 tile(i0, j0);
             }
         }
+    }
+}
+
+/// Up to 64 buffers that concurrent tasks claim one each (a task does not know its thread).
+struct Slots {
+    free: std::sync::atomic::AtomicU64,
+}
+
+/// A claimed buffer: its index; released when dropped.
+struct Slot<'a>(usize, &'a Slots);
+
+impl Slots {
+    fn new(count: usize) -> Slots {
+        assert!(count >= 1);
+        let mask = if count == 64 {
+            u64::MAX
+        } else {
+            (1u64 << count) - 1
+        };
+        Slots {
+            free: std::sync::atomic::AtomicU64::new(mask),
+        }
+    }
+    /// The lowest free buffer; waits when an executor runs more tasks at once than there are
+    /// buffers (a rayon pool larger than the thread count fastad was given).
+    fn claim(&self) -> Slot<'_> {
+        use std::sync::atomic::Ordering::*;
+        loop {
+            let free = self.free.load(Relaxed);
+            if free == 0 {
+                std::thread::yield_now();
+                continue;
+            }
+            let i = free.trailing_zeros() as usize;
+            if self
+                .free
+                .compare_exchange_weak(free, free & !(1 << i), Acquire, Relaxed)
+                .is_ok()
+            {
+                return Slot(i, self);
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.1
+            .free
+            .fetch_or(1 << self.0, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -671,6 +711,42 @@ mod tests {
                 check::<f64>(m, n, k, threads, 1e-13);
             }
         }
+    }
+
+    #[test]
+    fn f32_matches_the_definition_with_ragged_panels() {
+        // Last panels of 1 to NR columns at every level (the half-width edge kernel included),
+        // and tall narrow products on either side of the transposition rule.
+        for &(m, n, k) in &[
+            (13, 20, 30),
+            (7, 24, 5),
+            (30, 41, 17),
+            (200, 4, 50),
+            (50, 47, 260),
+        ] {
+            for threads in [1, 2] {
+                check::<f32>(m, n, k, threads, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_buffer_slot_has_one_holder_at_a_time() {
+        // Eight threads share three slots: each holder marks its slot busy, and finds it free.
+        let slots = Slots::new(3);
+        let busy: Vec<std::sync::atomic::AtomicBool> = (0..3).map(|_| false.into()).collect();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let slot = slots.claim();
+                        assert!(!busy[slot.0].swap(true, std::sync::atomic::Ordering::AcqRel));
+                        std::hint::spin_loop();
+                        busy[slot.0].store(false, std::sync::atomic::Ordering::Release);
+                    }
+                });
+            }
+        });
     }
 
     #[test]
