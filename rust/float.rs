@@ -18,10 +18,11 @@ pub trait Float:
     const NAME: &'static str;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
-    /// e^x by `kernels::vmath`: vectorises in a loop, unlike `exp` (a libm call).
-    fn vexp(self) -> Self;
+    /// e^x by `kernels::vmath`: vectorises in a loop, unlike `exp` (a libm call). `FMA` as in
+    /// `vmath::madd` (`with_fma!` chooses it).
+    fn vexp<const FMA: bool>(self) -> Self;
     /// tanh by `kernels::vmath`, likewise.
-    fn vtanh(self) -> Self;
+    fn vtanh<const FMA: bool>(self) -> Self;
 }
 
 impl Float for f32 {
@@ -35,12 +36,12 @@ impl Float for f32 {
         self as f64
     }
     #[inline(always)]
-    fn vexp(self) -> Self {
-        crate::kernels::vmath::exp_f32(self)
+    fn vexp<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::exp_f32::<FMA>(self)
     }
     #[inline(always)]
-    fn vtanh(self) -> Self {
-        crate::kernels::vmath::tanh_f32(self)
+    fn vtanh<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::tanh_f32::<FMA>(self)
     }
 }
 
@@ -55,11 +56,11 @@ impl Float for f64 {
         self
     }
     #[inline(always)]
-    fn vexp(self) -> Self {
-        crate::kernels::vmath::exp_f64(self)
+    fn vexp<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::exp_f64::<FMA>(self)
     }
     #[inline(always)]
-    fn vtanh(self) -> Self {
-        crate::kernels::vmath::tanh_f64(self)
+    fn vtanh<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::tanh_f64::<FMA>(self)
     }
 }

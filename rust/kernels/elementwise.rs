@@ -1,12 +1,13 @@
 //! Elementwise kernels: unary functions, and binary operations with NumPy broadcasting.
-use super::{for_chunks_mut, simd::dispatch};
+use super::for_chunks_mut;
+use super::simd::{dispatch, with_fma};
 use crate::float::Float;
 use crate::ir::{BinaryOp, UnaryOp};
 
 #[inline(always)]
-fn sigmoid<T: Float>(x: T) -> T {
+fn sigmoid<T: Float, const FMA: bool>(x: T) -> T {
     // e^-|x| never overflows; the select keeps the loop branch-free.
-    let e = (-x.abs()).vexp();
+    let e = (-x.abs()).vexp::<FMA>();
     let d = T::one() / (T::one() + e);
     if x >= T::zero() {
         d
@@ -16,9 +17,9 @@ fn sigmoid<T: Float>(x: T) -> T {
 }
 
 #[inline(always)]
-fn softplus<T: Float>(x: T) -> T {
+fn softplus<T: Float, const FMA: bool>(x: T) -> T {
     // log(1 + e^x) = max(x, 0) + log1p(e^-|x|), exact for large |x|.
-    x.max(T::zero()) + (-x.abs()).vexp().ln_1p()
+    x.max(T::zero()) + (-x.abs()).vexp::<FMA>().ln_1p()
 }
 
 /// The output slice reborrowed and an input cut to its length, as locals of the calling loop.
@@ -53,17 +54,17 @@ pub fn unary_forward<T: Float>(op: UnaryOp, x: &[T], y: &mut [T]) {
     let zero = T::zero();
     match op {
         UnaryOp::Neg => map(x, y, move |v| -v),
-        UnaryOp::Exp => map(x, y, move |v| v.vexp()),
+        UnaryOp::Exp => with_fma!(F => map(x, y, move |v| v.vexp::<F>())),
         UnaryOp::Log => map(x, y, move |v| v.ln()),
         UnaryOp::Log1p => map(x, y, move |v| v.ln_1p()),
         UnaryOp::Expm1 => map(x, y, move |v| v.exp_m1()),
         UnaryOp::Sqrt => map(x, y, move |v| v.sqrt()),
         UnaryOp::Abs => map(x, y, move |v| v.abs()),
-        UnaryOp::Tanh => map(x, y, move |v| v.vtanh()),
-        UnaryOp::Sigmoid => map(x, y, sigmoid),
+        UnaryOp::Tanh => with_fma!(F => map(x, y, move |v| v.vtanh::<F>())),
+        UnaryOp::Sigmoid => with_fma!(F => map(x, y, sigmoid::<T, F>)),
         // `v.max(0)` would turn NaN into 0; NaN must propagate.
         UnaryOp::Relu => map(x, y, move |v| if v < zero { zero } else { v }),
-        UnaryOp::Softplus => map(x, y, softplus),
+        UnaryOp::Softplus => with_fma!(F => map(x, y, softplus::<T, F>)),
         UnaryOp::Sin => map(x, y, move |v| v.sin()),
         UnaryOp::Cos => map(x, y, move |v| v.cos()),
         UnaryOp::Square => map(x, y, move |v| v * v),
@@ -122,7 +123,7 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
         UnaryOp::Tanh => acc(x, y, g, dx, move |_, y| one - y * y),
         UnaryOp::Sigmoid => acc(x, y, g, dx, move |_, y| y * (one - y)),
         UnaryOp::Relu => acc(x, y, g, dx, move |x, _| if x > zero { one } else { zero }),
-        UnaryOp::Softplus => acc(x, y, g, dx, move |x, _| sigmoid(x)),
+        UnaryOp::Softplus => with_fma!(F => acc(x, y, g, dx, move |x, _| sigmoid::<T, F>(x))),
         UnaryOp::Sin => acc(x, y, g, dx, move |x, _| x.cos()),
         UnaryOp::Cos => acc(x, y, g, dx, move |x, _| -x.sin()),
         UnaryOp::Square => acc(x, y, g, dx, move |x, _| two * x),

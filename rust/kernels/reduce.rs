@@ -4,7 +4,7 @@
 //! along contiguous rows, or down strided columns.
 use crate::float::Float;
 use crate::ir::ReduceOp;
-use crate::kernels::simd::dispatch;
+use crate::kernels::simd::{dispatch, with_fma};
 
 /// A lane of a strided 2-D view: `count` lanes of `len` elements; lane `l`, element `e` is at
 /// `l * lane_stride + e * elem_stride`.
@@ -110,7 +110,7 @@ fn lane_max<T: Float>(x: &[T], l: Lanes, lane: usize) -> T {
 
 /// y[lane] = op(x along lane).
 pub fn reduce_forward<T: Float>(op: ReduceOp, x: &[T], y: &mut [T], l: Lanes) {
-    dispatch(
+    with_fma!(F => dispatch(
         #[inline(always)]
         || {
             match op {
@@ -136,17 +136,17 @@ pub fn reduce_forward<T: Float>(op: ReduceOp, x: &[T], y: &mut [T], l: Lanes) {
                 ReduceOp::LogSumExp => {
                     for (lane, y) in y.iter_mut().enumerate() {
                         let m = lane_max(x, l, lane);
-                        *y = m + sum_of(l.len, |e| (x[l.at(lane, e)] - m).vexp()).ln();
+                        *y = m + sum_of(l.len, |e| (x[l.at(lane, e)] - m).vexp::<F>()).ln();
                     }
                 }
             }
         },
-    )
+    ))
 }
 
 /// dx += ∂y/∂x ᵀ g, given y = op(x).
 pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &mut [T], l: Lanes) {
-    dispatch(
+    with_fma!(F => dispatch(
         #[inline(always)]
         || {
             for lane in 0..l.count {
@@ -172,31 +172,31 @@ pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &m
                         let (x, dx) = (&x[r.clone()], &mut dx[r]);
                         let (gl, yl) = (g[lane], y[lane]);
                         for e in 0..dx.len() {
-                            dx[e] += gl * (x[e] - yl).vexp();
+                            dx[e] += gl * (x[e] - yl).vexp::<F>();
                         }
                     }
                     ReduceOp::LogSumExp => {
                         for e in 0..l.len {
                             let i = l.at(lane, e);
-                            dx[i] += g[lane] * (x[i] - y[lane]).vexp();
+                            dx[i] += g[lane] * (x[i] - y[lane]).vexp::<F>();
                         }
                     }
                 }
             }
         },
-    )
+    ))
 }
 
 /// y = softmax(x) (or log-softmax) along each lane.
 pub fn softmax_forward<T: Float>(x: &[T], y: &mut [T], l: Lanes, log: bool) {
-    dispatch(
+    with_fma!(F => dispatch(
         #[inline(always)]
         || {
             for lane in 0..l.count {
                 let m = lane_max(x, l, lane);
                 for e in 0..l.len {
                     let i = l.at(lane, e);
-                    y[i] = (x[i] - m).vexp();
+                    y[i] = (x[i] - m).vexp::<F>();
                 }
                 let s = sum_of(l.len, |e| y[l.at(lane, e)]);
                 if log {
@@ -213,12 +213,12 @@ pub fn softmax_forward<T: Float>(x: &[T], y: &mut [T], l: Lanes, log: bool) {
                 }
             }
         },
-    )
+    ))
 }
 
 /// dx += J ᵀ g for y = softmax(x) (dx = y (g - Σ g y)) or log-softmax (dx = g - e^y Σ g).
 pub fn softmax_backward<T: Float>(y: &[T], g: &[T], dx: &mut [T], l: Lanes, log: bool) {
-    dispatch(
+    with_fma!(F => dispatch(
         #[inline(always)]
         || {
             for lane in 0..l.count {
@@ -230,12 +230,12 @@ pub fn softmax_backward<T: Float>(y: &[T], g: &[T], dx: &mut [T], l: Lanes, log:
                 for e in 0..l.len {
                     let i = l.at(lane, e);
                     dx[i] += if log {
-                        g[i] - y[i].vexp() * s
+                        g[i] - y[i].vexp::<F>() * s
                     } else {
                         y[i] * (g[i] - s)
                     };
                 }
             }
         },
-    )
+    ))
 }

@@ -81,6 +81,21 @@ fn detected() -> Level {
     Level::Baseline
 }
 
+/// Evaluates `$body` twice over, with `$fma` a `const bool`: true where `level()` has fused
+/// multiply-add (AVX2 and AVX-512), for `vmath::madd` inside the body's `dispatch`.
+macro_rules! with_fma {
+    ($fma:ident => $body:expr) => {
+        if $crate::kernels::simd::level() == $crate::kernels::simd::Level::Baseline {
+            const $fma: bool = false;
+            $body
+        } else {
+            const $fma: bool = true;
+            $body
+        }
+    };
+}
+pub(crate) use with_fma;
+
 /// Runs `body`, compiled for the widest vector instructions this CPU supports.
 #[inline(always)]
 pub fn dispatch<R>(body: impl FnOnce() -> R) -> R {

@@ -3,16 +3,24 @@
 //! Accuracy is within a few ulp of libm over the whole range, including overflow to inf,
 //! gradual underflow to subnormals and 0, and NaN propagation.
 
-/// c[0]·xⁿ⁻¹ + … + c[n−1], by Horner's rule (plain multiply and add: a fused multiply-add would
-/// be a libm call on CPUs without FMA).
+/// a·b + c: one fused multiply-add when `FMA`, else a multiply and an add. `FMA` must only be
+/// true in code compiled for a CPU with FMA (inside `simd::dispatch` at the AVX2 or AVX-512
+/// level; `with_fma!` decides): elsewhere a fused multiply-add is a libm call.
 #[inline(always)]
-fn horner<T: Copy + std::ops::Mul<Output = T> + std::ops::Add<Output = T>, const N: usize>(
-    x: T,
-    c: [T; N],
-) -> T {
+pub fn madd<T: num_traits::Float, const FMA: bool>(a: T, b: T, c: T) -> T {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// c[0]·xⁿ⁻¹ + … + c[n−1], by Horner's rule.
+#[inline(always)]
+fn horner<T: num_traits::Float, const N: usize, const FMA: bool>(x: T, c: [T; N]) -> T {
     let mut p = c[0];
     for &c in &c[1..] {
-        p = p * x + c;
+        p = madd::<T, FMA>(p, x, c);
     }
     p
 }
@@ -21,7 +29,7 @@ fn horner<T: Copy + std::ops::Mul<Output = T> + std::ops::Add<Output = T>, const
 /// (truncation error < 5e-18), then scaled by 2^k in two halves so subnormal results and the
 /// overflow to inf come out right.
 #[inline(always)]
-pub fn exp_f64(x: f64) -> f64 {
+pub fn exp_f64<const FMA: bool>(x: f64) -> f64 {
     const LN2_HI: f64 = 6.931_471_803_691_238e-1; // ln 2 to 32 bits: k·LN2_HI is exact
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     // Adding 1.5·2^52 rounds to an integer and leaves it in the low mantissa bits.
@@ -32,7 +40,7 @@ pub fn exp_f64(x: f64) -> f64 {
     let t = x * std::f64::consts::LOG2_E + SHIFT;
     let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = horner(
+    let p = horner::<_, _, FMA>(
         r,
         [
             1.0 / 6_227_020_800.0, // 1/13!
@@ -65,7 +73,7 @@ fn pow2_f64(t: f64) -> f64 {
 
 /// e^x for f32, as `exp_f64` with a degree-7 polynomial (truncation error < 6e-9).
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
+pub fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4; // ln 2 to 12 bits
     const LN2_LO: f32 = -2.121_944_4e-4;
     const SHIFT: f32 = 12_582_912.0; // 1.5·2^23
@@ -73,7 +81,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + SHIFT;
     let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = horner(
+    let p = horner::<_, _, FMA>(
         r,
         [
             1.0 / 5_040.0,
@@ -100,11 +108,11 @@ fn pow2_f32(t: f32) -> f32 {
 /// would cancel and the Taylor series to x¹⁵ is used (truncation < 2e-18 relative). Both are
 /// computed and one selected, so a loop stays branch-free.
 #[inline(always)]
-pub fn tanh_f64(x: f64) -> f64 {
+pub fn tanh_f64<const FMA: bool>(x: f64) -> f64 {
     let ax = x.abs();
-    let far = 1.0 - 2.0 / (exp_f64(2.0 * ax) + 1.0);
+    let far = 1.0 - 2.0 / (exp_f64::<FMA>(2.0 * ax) + 1.0);
     let x2 = x * x;
-    let p = horner(
+    let p = horner::<_, _, FMA>(
         x2,
         [
             -929_569.0 / 638_512_875.0, // x¹⁵
@@ -122,12 +130,14 @@ pub fn tanh_f64(x: f64) -> f64 {
 
 /// tanh for f32: Eigen's rational approximation (odd degree-13 over even degree-6 polynomial)
 /// on x clamped to ±7.9053 (beyond which tanh rounds to ±1 in f32); within 4e-7 relative.
+/// Saturated inputs give exactly ±1 (selected: the rational with fused multiply-adds rounds
+/// to 1 − 2⁻²⁴ there), so 1 − tanh² is exactly 0, as in f64.
 #[inline(always)]
-pub fn tanh_f32(x: f32) -> f32 {
+pub fn tanh_f32<const FMA: bool>(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     let x = x.clamp(-CLAMP, CLAMP);
     let x2 = x * x;
-    let p = horner(
+    let p = horner::<_, _, FMA>(
         x2,
         [
             -2.760_768_5e-16,
@@ -139,11 +149,16 @@ pub fn tanh_f32(x: f32) -> f32 {
             4.893_524_6e-3,
         ],
     );
-    let q = horner(
+    let q = horner::<_, _, FMA>(
         x2,
         [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3],
     );
-    x * p / q
+    let t = x * p / q;
+    if x.abs() >= CLAMP {
+        1.0f32.copysign(x)
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]
@@ -189,8 +204,10 @@ mod tests {
             f64::MIN,
         ]);
         // ≤ 2 ulp for normal results; subnormal results carry fewer bits, hence the absolute part.
-        check(exp_f64, f64::exp, &xs, 4.5e-16, 1e-323);
-        assert_eq!(exp_f64(0.0), 1.0);
+        check(exp_f64::<false>, f64::exp, &xs, 4.5e-16, 1e-323);
+        check(exp_f64::<true>, f64::exp, &xs, 4.5e-16, 1e-323);
+        assert_eq!(exp_f64::<false>(0.0), 1.0);
+        assert_eq!(exp_f64::<true>(0.0), 1.0);
     }
 
     #[test]
@@ -199,10 +216,17 @@ mod tests {
         xs.extend(grid(-0.2, 0.2, 100_001));
         xs.extend([0.0, -0.0, 1e-300, -1e-30, 0.125, -0.125, 400.0, -800.0]);
         xs.extend([f64::INFINITY, f64::NEG_INFINITY, f64::NAN]);
-        check(tanh_f64, f64::tanh, &xs, 4e-15, 0.0);
+        check(tanh_f64::<false>, f64::tanh, &xs, 4e-15, 0.0);
+        check(tanh_f64::<true>, f64::tanh, &xs, 4e-15, 0.0);
         let xs32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
-        check(tanh_f32, |x| (x.tanh() as f32) as f64, &xs32, 6e-7, 0.0);
-        assert!(tanh_f64(-0.0).is_sign_negative());
+        let libm32 = |x: f64| (x.tanh() as f32) as f64;
+        check(tanh_f32::<false>, libm32, &xs32, 6e-7, 0.0);
+        check(tanh_f32::<true>, libm32, &xs32, 6e-7, 0.0);
+        assert!(tanh_f64::<false>(-0.0).is_sign_negative());
+        for x in [7.905_311f32, 8.0, 1e30, f32::INFINITY] {
+            assert_eq!((tanh_f32::<true>(x), tanh_f32::<false>(-x)), (1.0, -1.0));
+        }
+        assert!(tanh_f64::<true>(-0.0).is_sign_negative());
     }
 
     #[test]
@@ -217,6 +241,8 @@ mod tests {
             f32::MIN,
         ]);
         // libm's f64 result rounded to f32 is the reference.
-        check(exp_f32, |x| (x.exp() as f32) as f64, &xs, 2.5e-7, 3e-45);
+        let libm32 = |x: f64| (x.exp() as f32) as f64;
+        check(exp_f32::<false>, libm32, &xs, 2.5e-7, 3e-45);
+        check(exp_f32::<true>, libm32, &xs, 2.5e-7, 3e-45);
     }
 }
