@@ -180,7 +180,8 @@ def _seed000_torch(weights, X):
 def wide_rows(peers: bool) -> List[Tuple[str, float, float]]:
     """Issue 3's wide layers: 512 → 512 → 512 with tanh, N = 4096, float32, as GFLOP/s beside
     the best GEMM of the run (large square products through fastad's kernel, NumPy's BLAS and,
-    with peers, JAX). Rows: (name, seconds, GFLOP)."""
+    with peers, JAX) and, with peers, JAX's jit(value_and_grad) of the same network.
+    Rows: (name, seconds, GFLOP)."""
     n, w = 4096, 512
     model = fa.Chain(fa.Dense(w, w, "tanh"), fa.Dense(w, w, "tanh"), dtype=np.float32, seed=0)
     X = np.random.default_rng(0).standard_normal((n, w)).astype(np.float32)
@@ -189,12 +190,87 @@ def wide_rows(peers: bool) -> List[Tuple[str, float, float]]:
     # The peak: the best of two large square products through fastad's kernel and NumPy's (and
     # JAX's) product.
     rows = [_gemm_peak_row(1024), _gemm_peak_row(2048)] + _library_gemm_rows(peers)
-    return rows + [
+    rows += [
         ("fastad forward (2 products)", median_seconds(lambda: model(X, out=Y)), 2 * gemm),
         # The reverse sweep: both weight gradients and the first layer's input gradient.
         ("fastad value_and_grad (5 products)",
          median_seconds(lambda: model.value_and_grad(X, loss="sse", out=g)), 5 * gemm),
     ]
+    jax_vg = _jax_value_and_grad(model, X, None, "sse") if peers else None
+    if jax_vg is not None:
+        rows.append(("JAX jit(value_and_grad)", median_seconds(jax_vg), 5 * gemm))
+    return rows
+
+
+def classifier_rows(peers: bool, n: int = 4096) -> List[Tuple[str, float]]:
+    """A wide classifier of the size people train on CPUs: 784 → 512 → 512 → 10, tanh, mean
+    softmax cross-entropy on integer labels, N = 4096, float32; the loss and the gradient of
+    all 670k parameters, fastad beside JAX's jit(value_and_grad) and PyTorch."""
+    model = fa.Chain(fa.Dense(784, 512, "tanh"), fa.Dense(512, 512, "tanh"), fa.Dense(512, 10),
+                     dtype=np.float32, seed=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 784)).astype(np.float32)
+    labels = rng.integers(0, 10, n)
+    g = np.empty(model.n_params, np.float32)
+    cases = [("fastad value_and_grad(out=g)",
+              lambda: model.value_and_grad(X, labels, loss="cross_entropy", out=g))]
+    if peers:
+        jax_vg = _jax_value_and_grad(model, X, labels, "cross_entropy")
+        if jax_vg is not None:
+            cases.append(("JAX jit(value_and_grad)", jax_vg))
+        torch_vg = _torch_classifier(model, X, labels)
+        if torch_vg is not None:
+            cases.append(("PyTorch backward", torch_vg))
+    return _timed(cases)
+
+
+def _jax_value_and_grad(model, X, labels, loss: str):
+    """JAX's jit(value_and_grad) of `model`'s loss ("sse", or "cross_entropy" with integer
+    labels) with respect to its layers' weights and biases, or None without JAX."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    acts = {"tanh": jnp.tanh, None: lambda h: h}
+    layers = [(jnp.asarray(l.weight), jnp.asarray(l.bias), acts[l.activation])
+              for l in model.layers]
+    params = [(W, b) for W, b, _ in layers]
+
+    def f(params, x, y):
+        h = x
+        for (W, b), (_, _, act) in zip(params, layers):
+            h = act(h @ W.T + b)
+        if loss == "sse":
+            return jnp.sum(h * h)
+        logp = jax.nn.log_softmax(h, axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    vg = jax.jit(jax.value_and_grad(f))
+    x = jnp.asarray(X)
+    y = jnp.asarray(labels) if labels is not None else None
+    return lambda: jax.block_until_ready(vg(params, x, y))
+
+
+def _torch_classifier(model, X, labels):
+    try:
+        import torch
+    except ImportError:
+        return None
+    params = [(torch.tensor(l.weight, requires_grad=True), torch.tensor(l.bias, requires_grad=True))
+              for l in model.layers]
+    x, y = torch.tensor(X), torch.tensor(labels)
+
+    def run():
+        h = x
+        for i, (W, b) in enumerate(params):
+            W.grad = b.grad = None
+            h = torch.addmm(b, h, W.T)
+            if i < len(params) - 1:
+                h = torch.tanh(h)
+        torch.nn.functional.cross_entropy(h, y).backward()
+
+    return run
 
 
 def _seed002_model():
@@ -511,6 +587,8 @@ def run(peers: bool = True, sizes: Optional[List[int]] = None,
     print(f"  fastad gradient ÷ fastad forward: "
           f"{t['fastad value_and_grad(X, out=g)'] / t['fastad forward model(X, out=Y)']:.2f}×\n")
     _flops_table("Wide layers: 512 → 512 → 512, tanh, N = 4096, float32", wide_rows(peers))
+    _table("Wide classifier: 784 → 512 → 512 → 10, tanh, cross-entropy, N = 4096, float32",
+           classifier_rows(peers), "÷ first row")
     _table("Seed 002 (Laplace): Dense(1→32, sigmoid) → Dense(32→1), N = 128, P = 97, float32",
            seed002_rows(peers), "÷ first row")
     _table("Seed 002 training: 200 epochs × 128 single-sample Adam steps, float32",
