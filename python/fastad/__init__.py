@@ -11,6 +11,7 @@ sweeps over preallocated buffers, writes into your arrays (``out=``) and allocat
 >>> x = np.random.rand(100); g = np.empty(100)
 >>> v = f.value_and_grad(x, out=g)
 """
+from ._fastad import _instruction_sets
 from ._fastad import (
     Program, allocation_count, epoch_order, get_num_threads, instruction_set, outer, outer_diag,
     outer_sum, set_num_threads,
@@ -31,8 +32,8 @@ from ._laplace import Laplace
 
 __version__ = "0.1.0"
 
-# The instruction sets, widest first; FASTAD_SIMD caps the kernels at one of them.
-_INSTRUCTION_SETS = ("avx512", "avx2", "baseline")
+# This architecture's instruction sets, widest first; FASTAD_SIMD caps the kernels at one.
+_INSTRUCTION_SETS = tuple(_instruction_sets())
 
 
 def _check_simd_variable() -> None:

@@ -77,8 +77,10 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads fastad's parallel kernels use."""
 def instruction_set() -> str:
-    """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline"
-    (FASTAD_SIMD, read at start-up, caps it)."""
+    """The vector instruction set the kernels run with here: "avx512", "avx2" or "baseline" on
+    x86-64, "neon" or "baseline" on aarch64 (FASTAD_SIMD, read at start-up, caps it)."""
+def _instruction_sets() -> List[str]:
+    """This architecture's instruction sets, widest first."""
 def _panic_in_guard(program: Optional[Program] = None) -> None:
     """Test hook: panics inside the guard of GIL-free calls (holding `program`'s lock when
     given); raises RuntimeError."""

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum Level {
     Avx512,
     Avx2,
+    /// aarch64's Advanced SIMD (every aarch64 CPU has it, fused multiply-add included): the
+    /// GEMM's NEON micro-kernel. Other loops are compiled for it anyway.
+    Neon,
     Baseline,
 }
 
@@ -17,10 +20,20 @@ impl Level {
         match self {
             Level::Avx512 => "avx512",
             Level::Avx2 => "avx2",
+            Level::Neon => "neon",
             Level::Baseline => "baseline",
         }
     }
 }
+
+/// The levels this architecture's kernels have, widest first.
+pub const LEVELS: &[Level] = if cfg!(target_arch = "x86_64") {
+    &[Level::Avx512, Level::Avx2, Level::Baseline]
+} else if cfg!(target_arch = "aarch64") {
+    &[Level::Neon, Level::Baseline]
+} else {
+    &[Level::Baseline]
+};
 
 /// The instruction set the kernels use: the widest this CPU has, capped by the environment
 /// variable `FASTAD_SIMD` ("baseline", "avx2" or "avx512", read once, at the first call) so
@@ -29,14 +42,12 @@ impl Level {
 #[inline]
 pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
-        1 => Level::Avx512,
-        2 => Level::Avx2,
-        3 => Level::Baseline,
-        _ => decide(),
+        0 => decide(),
+        code => LEVELS[code as usize - 1],
     }
 }
 
-/// `level()`'s choice once made: 0 before, else 1 + its rank (widest first).
+/// `level()`'s choice once made: 0 before, else 1 + its index in `LEVELS`.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
 #[cold]
@@ -50,19 +61,17 @@ fn decide() -> Level {
     level
 }
 
-/// 0 for the widest set.
+/// The level's index in `LEVELS` (0 for the widest); levels of another architecture rank
+/// as the widest, so a cap naming one is ignored.
 fn rank(level: Level) -> u8 {
-    match level {
-        Level::Avx512 => 0,
-        Level::Avx2 => 1,
-        Level::Baseline => 2,
-    }
+    LEVELS.iter().position(|&l| l == level).unwrap_or(0) as u8
 }
 
-/// A level by its `name`, or None.
+/// A level of this architecture by its `name`, or None.
 pub fn parse(name: &str) -> Option<Level> {
-    [Level::Avx512, Level::Avx2, Level::Baseline]
-        .into_iter()
+    LEVELS
+        .iter()
+        .copied()
         .find(|l| l.name().eq_ignore_ascii_case(name.trim()))
 }
 
@@ -78,11 +87,14 @@ fn detected() -> Level {
             return Level::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    return Level::Neon;
+    #[allow(unreachable_code)]
     Level::Baseline
 }
 
 /// Evaluates `$body` twice over, with `$fma` a `const bool`: true where `level()` has fused
-/// multiply-add (AVX2 and AVX-512), for `vmath::madd` inside the body's `dispatch`.
+/// multiply-add (AVX2, AVX-512 and NEON), for `vmath::madd` inside the body's `dispatch`.
 macro_rules! with_fma {
     ($fma:ident => $body:expr) => {
         if $crate::kernels::simd::level() == $crate::kernels::simd::Level::Baseline {
@@ -127,9 +139,16 @@ mod tests {
 
     #[test]
     fn levels_parse_by_name_and_the_cap_only_narrows() {
-        assert_eq!(parse(" AVX2 "), Some(Level::Avx2));
         assert_eq!(parse("baseline"), Some(Level::Baseline));
         assert_eq!(parse("sse4"), None);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(parse(" AVX2 "), Some(Level::Avx2));
+            assert_eq!(parse("neon"), None); // another architecture's
+        }
+        if cfg!(target_arch = "aarch64") {
+            assert_eq!((parse("NEON"), parse("avx2")), (Some(Level::Neon), None));
+            assert_eq!(detected(), Level::Neon);
+        }
         // Whatever FASTAD_SIMD says, the level is one this CPU has.
         assert!(rank(level()) >= rank(detected()));
         if let Some(cap) = std::env::var("FASTAD_SIMD").ok().and_then(|v| parse(&v)) {

@@ -60,11 +60,21 @@ fn get_num_threads() -> usize {
 }
 
 /// The vector instruction set fastad's kernels run with on this CPU: "avx512", "avx2" (with
-/// FMA) or "baseline", chosen at run time (one wheel runs on every x86-64 CPU); the environment
-/// variable FASTAD_SIMD, read at start-up, can cap it at a narrower one.
+/// FMA) or "baseline" on x86-64, chosen at run time (one wheel runs on every x86-64 CPU);
+/// "neon" or "baseline" on aarch64. The environment variable FASTAD_SIMD, read at start-up,
+/// can cap it at a narrower one.
 #[pyfunction]
 fn instruction_set() -> &'static str {
     crate::kernels::simd::level().name()
+}
+
+/// The instruction sets this architecture's kernels have, widest first.
+#[pyfunction]
+fn _instruction_sets() -> Vec<&'static str> {
+    crate::kernels::simd::LEVELS
+        .iter()
+        .map(|l| l.name())
+        .collect()
 }
 
 /// Panics inside the guard every GIL-free call runs in, holding `program`'s lock when given:
@@ -93,6 +103,7 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(instruction_set, m)?)?;
+    m.add_function(wrap_pyfunction!(_instruction_sets, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_guard, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::check_out, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;

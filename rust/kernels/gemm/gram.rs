@@ -18,9 +18,11 @@ const BLOCK_BYTES: usize = 16 << 10;
 /// The largest MR × NR of any kernel (AVX-512 f32: 12 × 32).
 const MAX_TILE: usize = 12 * 32;
 
-/// Whether `gram_direct` takes a G of p columns with the kernels of (mr, nr).
-pub(super) fn direct_fits((mr, _): (usize, usize), p: usize) -> bool {
-    (mr..=DIRECT_MAX_P).contains(&p)
+/// Whether `gram_direct` takes a G of p columns with the kernels of (mr, nr). Its tiles on
+/// the diagonal assume panels at least as wide as slivers (not so for NEON's 12 × 8 and
+/// 12 × 4, whose Gram matrices the general product computes).
+pub(super) fn direct_fits((mr, nr): (usize, usize), p: usize) -> bool {
+    mr <= nr && (mr..=DIRECT_MAX_P).contains(&p)
 }
 
 /// The starts of the slivers (or panels) of `width` covering 0..p, and from which index each
@@ -51,7 +53,7 @@ pub(super) unsafe fn gram_direct<T: Float>(
     accumulate: bool,
 ) {
     let (mr, nr) = T::tile_shape(level);
-    assert!(direct_fits((mr, nr), p) && mr <= nr && mr * nr <= MAX_TILE);
+    assert!(direct_fits((mr, nr), p) && mr * nr <= MAX_TILE);
     assert!(g.len() >= n * p && c.len() >= p * p);
     // Rows whose panel (nr elements from the row's start) stays inside G.
     let safe = match p < nr {

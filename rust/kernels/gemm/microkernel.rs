@@ -1,7 +1,7 @@
 //! The register-blocked inner kernels: C[MR×NR] (+)= Ã·B̃ over one packed sliver of A (kc columns
 //! of MR rows) and one packed panel of B (kc rows of NR columns). One kernel per element type and
 //! instruction set; the tile shape is chosen so the accumulators fill most of the vector
-//! registers (AVX-512: 24 of 32 zmm; AVX2: 12 of 16 ymm).
+//! registers (AVX-512: 24 of 32 zmm; AVX2: 12 of 16 ymm; NEON: 24 of 32 q registers).
 use crate::kernels::simd::Level;
 
 /// How a kernel writes its tile: a C-contiguous full tile is loaded, added to and stored in
@@ -75,17 +75,17 @@ unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
 
 const PORTABLE: (usize, usize) = (4, 8);
 
-/// An x86 kernel with MR rows and `V` vectors of `lanes` per row: V = 2 for full tiles
+/// A SIMD kernel (x86 or NEON) with MR rows and `V` vectors of `lanes` per row: V = 2 for full tiles
 /// (NR = 2·lanes), V = 1 for an edge panel with at most `lanes` live columns, which then costs
 /// half as much (a 20-column C pads to 24 columns, not 32).
-#[cfg(target_arch = "x86_64")]
-macro_rules! x86_kernel {
-    ($name:ident, $t:ty, $features:literal, $mr:literal, $lanes:literal, $vec:ty,
+/// `$arch`: the module whose intrinsics the other names are.
+macro_rules! simd_kernel {
+    ($arch:path, $name:ident, $t:ty, $features:literal, $mr:literal, $lanes:literal, $vec:ty,
      $zero:ident, $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident) => {
         /// `PACKED_A`: A's rows are adjacent (a_row = 1), so row offsets are constants.
         #[target_feature(enable = $features)]
         unsafe fn $name<const PACKED_A: bool, const V: usize>(kc: usize, s: Src<$t>, d: Dest<$t>) {
-            use std::arch::x86_64::*;
+            use $arch::*;
             const MR: usize = $mr;
             const L: usize = $lanes;
             // Ask for C's lines now, so a shallow product (few multiply-adds per tile) does
@@ -93,8 +93,8 @@ macro_rules! x86_kernel {
             if d.col_stride == 1 {
                 for i in 0..d.rows {
                     let out = d.ptr.add(i * d.row_stride) as *const i8;
-                    _mm_prefetch::<_MM_HINT_T0>(out);
-                    _mm_prefetch::<_MM_HINT_T0>(out.add(V * L * size_of::<$t>() - 1));
+                    prefetch_line(out);
+                    prefetch_line(out.add(V * L * size_of::<$t>() - 1));
                 }
             }
             let mut c: [[$vec; V]; MR] = [[$zero(); V]; MR];
@@ -136,7 +136,8 @@ macro_rules! x86_kernel {
 }
 
 #[cfg(target_arch = "x86_64")]
-x86_kernel!(
+simd_kernel!(
+    std::arch::x86_64,
     f32_avx512,
     f32,
     "avx512f",
@@ -151,7 +152,8 @@ x86_kernel!(
     _mm512_add_ps
 );
 #[cfg(target_arch = "x86_64")]
-x86_kernel!(
+simd_kernel!(
+    std::arch::x86_64,
     f64_avx512,
     f64,
     "avx512f",
@@ -166,7 +168,8 @@ x86_kernel!(
     _mm512_add_pd
 );
 #[cfg(target_arch = "x86_64")]
-x86_kernel!(
+simd_kernel!(
+    std::arch::x86_64,
     f32_avx2,
     f32,
     "avx2,fma",
@@ -181,7 +184,8 @@ x86_kernel!(
     _mm256_add_ps
 );
 #[cfg(target_arch = "x86_64")]
-x86_kernel!(
+simd_kernel!(
+    std::arch::x86_64,
     f64_avx2,
     f64,
     "avx2,fma",
@@ -196,13 +200,83 @@ x86_kernel!(
     _mm256_add_pd
 );
 
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch_line(p: *const i8) {
+    use std::arch::x86_64::*;
+    _mm_prefetch::<_MM_HINT_T0>(p)
+}
+
+/// NEON's intrinsics under the names `simd_kernel!` calls (zero, fused multiply-add a·b + c).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    pub use std::arch::aarch64::*;
+    #[inline(always)]
+    pub unsafe fn zero_f32() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+    #[inline(always)]
+    pub unsafe fn zero_f64() -> float64x2_t {
+        vdupq_n_f64(0.0)
+    }
+    #[inline(always)]
+    pub unsafe fn fmadd_f32(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        vfmaq_f32(c, a, b)
+    }
+    #[inline(always)]
+    pub unsafe fn fmadd_f64(a: float64x2_t, b: float64x2_t, c: float64x2_t) -> float64x2_t {
+        vfmaq_f64(c, a, b)
+    }
+}
+
+/// Rust's prefetch intrinsic for aarch64 is not stable yet: the hardware prefetcher alone.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn prefetch_line(_: *const i8) {}
+
+// NEON has 32 vector registers of 4 f32 / 2 f64: 12 rows × 2 vectors take 24 for accumulators.
+#[cfg(target_arch = "aarch64")]
+simd_kernel!(
+    neon,
+    f32_neon,
+    f32,
+    "neon",
+    12,
+    4,
+    float32x4_t,
+    zero_f32,
+    vld1q_f32,
+    vst1q_f32,
+    vdupq_n_f32,
+    fmadd_f32,
+    vaddq_f32
+);
+#[cfg(target_arch = "aarch64")]
+simd_kernel!(
+    neon,
+    f64_neon,
+    f64,
+    "neon",
+    12,
+    2,
+    float64x2_t,
+    zero_f64,
+    vld1q_f64,
+    vst1q_f64,
+    vdupq_n_f64,
+    fmadd_f64,
+    vaddq_f64
+);
+
 macro_rules! impl_kernel {
-    ($t:ty, $avx512:ident, $avx512_shape:expr, $avx2:ident, $avx2_shape:expr) => {
+    ($t:ty, $avx512:ident, $avx512_shape:expr, $avx2:ident, $avx2_shape:expr, $neon:ident,
+     $neon_shape:expr) => {
         impl GemmKernel for $t {
             fn tile_shape(level: Level) -> (usize, usize) {
                 match level {
                     Level::Avx512 => $avx512_shape,
                     Level::Avx2 => $avx2_shape,
+                    Level::Neon => $neon_shape,
                     Level::Baseline => PORTABLE,
                 }
             }
@@ -226,6 +300,14 @@ macro_rules! impl_kernel {
                     (Level::Avx2, true, true) => $avx2::<true, 1>(kc, s, d),
                     #[cfg(target_arch = "x86_64")]
                     (Level::Avx2, false, true) => $avx2::<false, 1>(kc, s, d),
+                    #[cfg(target_arch = "aarch64")]
+                    (Level::Neon, true, false) => $neon::<true, 2>(kc, s, d),
+                    #[cfg(target_arch = "aarch64")]
+                    (Level::Neon, false, false) => $neon::<false, 2>(kc, s, d),
+                    #[cfg(target_arch = "aarch64")]
+                    (Level::Neon, true, true) => $neon::<true, 1>(kc, s, d),
+                    #[cfg(target_arch = "aarch64")]
+                    (Level::Neon, false, true) => $neon::<false, 1>(kc, s, d),
                     _ => tile_portable::<Self, { PORTABLE.0 }, { PORTABLE.1 }>(kc, s, d),
                 }
             }
@@ -233,5 +315,21 @@ macro_rules! impl_kernel {
     };
 }
 
-impl_kernel!(f32, f32_avx512, (12, 32), f32_avx2, (6, 16));
-impl_kernel!(f64, f64_avx512, (12, 16), f64_avx2, (6, 8));
+impl_kernel!(
+    f32,
+    f32_avx512,
+    (12, 32),
+    f32_avx2,
+    (6, 16),
+    f32_neon,
+    (12, 8)
+);
+impl_kernel!(
+    f64,
+    f64_avx512,
+    (12, 16),
+    f64_avx2,
+    (6, 8),
+    f64_neon,
+    (12, 4)
+);

@@ -3,7 +3,7 @@
 //! The BLIS design: C is computed in blocks of NC columns × KC depth; each B block is packed
 //! into panels of NR columns (kept in L1 by the micro-kernel), each A block of MC rows into
 //! slivers of MR rows (kept in L2), and a register-blocked micro-kernel (microkernel.rs, chosen
-//! at run time for AVX-512, AVX2+FMA or neither) does the MR×NR tiles. Packing buffers come from
+//! at run time for AVX-512, AVX2+FMA, NEON on aarch64, or none) does the MR×NR tiles. Packing buffers come from
 //! a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large products
 //! split the tiles over the thread pool; each tile is computed by one thread in a fixed order,
 //! so results do not depend on the thread count.
@@ -22,7 +22,7 @@ use crate::kernels::simd;
 const KC: usize = 256;
 /// Rows of A packed at once: a multiple of every MR (12, 6 and 4).
 const MC: usize = 120;
-/// Columns of B packed at once: a multiple of every NR (32, 16 and 8).
+/// Columns of B packed at once: a multiple of every NR (32, 16, 8 and 4).
 const NC: usize = 1024;
 /// A packed block must be read by more than this many slivers (or panels) to be worth packing.
 const REUSE_TO_PACK: usize = 4;
@@ -638,6 +638,7 @@ mod tests {
         match simd::level() {
             Avx512 => vec![Avx512, Avx2, Baseline],
             Avx2 => vec![Avx2, Baseline],
+            Neon => vec![Neon, Baseline],
             Baseline => vec![Baseline],
         }
     }
