@@ -97,15 +97,40 @@ pub(crate) fn forward_step<T: Float>(
     i: usize,
     ws: &mut [T],
 ) -> Result<()> {
-    let (steps, batch) = (f.steps, f.batch);
     let (before, rest) = values.split_at_mut(i);
+    match f.steps[i].op {
+        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => Ok(()),
+        _ => compute_step(
+            f,
+            before,
+            i,
+            &mut rest[0][..f.steps[i].shape.len(f.batch)],
+            ws,
+        ),
+    }
+}
+
+/// Whether step i's value is computed (not an argument or a constant) by arithmetic that
+/// cannot fail midway, so it may be written straight into a caller's array.
+pub(crate) fn computed_infallibly(steps: &[Step], i: usize) -> bool {
+    !matches!(
+        steps[i].op,
+        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) | Op::TakeAlongRows { .. }
+    )
+}
+
+/// Step i's value into `out` (of its length at this batch), from the values `before` it.
+pub(crate) fn compute_step<T: Float>(
+    f: &Frame<T>,
+    before: &[Vec<T>],
+    i: usize,
+    out: &mut [T],
+    ws: &mut [T],
+) -> Result<()> {
+    let (steps, batch) = (f.steps, f.batch);
     let shape = steps[i].shape.resolve(batch);
     let val = |j: usize| value(f, before, j);
     let dims = |j: usize| dims2(steps, batch, j);
-    let out = match steps[i].op {
-        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => return Ok(()),
-        _ => &mut rest[0][..shape.len()],
-    };
     match steps[i].op {
         Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => {}
         Op::Unary(u, x) => unary_forward(u, val(x), out),

@@ -483,3 +483,17 @@ def test_the_benchmark_table_names_its_instruction_set_and_caps_shares_of_the_pe
     assert "MIT License" in open(os.path.join(root, "LICENSE")).read()
     src = open(os.path.join(root, "python", "fastad", "_bench.py")).read()
     assert "fa.instruction_set()" in src.split("\ndef run(")[1]
+
+
+def test_a_call_that_fails_leaves_out_as_it_was():
+    # The output (a product) is written straight into out= once every step before it has run;
+    # a bad label in an earlier step must raise before out is touched, and a good call after
+    # it fills out with the product.
+    x, idx, w = np.arange(12.0).reshape(4, 3), np.array([0.0, 2, 1, 0]), np.ones((1, 5))
+    f = fa.compile(lambda x, i, w: fa.reshape(fa.take_along_rows(x, i), (-1, 1)) @ w, x, idx, w)
+    out = np.full((4, 5), 7.0)
+    with pytest.raises(ValueError, match="label 5 in row 1"):
+        f(x, np.array([0.0, 5, 1, 0]), w, out=out)
+    assert np.all(out == 7.0)
+    f(x, idx, w, out=out)
+    np.testing.assert_array_equal(out, np.repeat(x[np.arange(4), idx.astype(int)][:, None], 5, 1))

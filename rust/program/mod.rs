@@ -92,8 +92,8 @@ impl<T: Float> Program<T> {
             let rows = OutputRows::Table;
             self.tiled
                 .run(plan, whole, args, batch, Sweeps::Forward, rows)?;
-        } else {
-            whole.forward(plan, args, batch)?;
+        } else if whole.forward_into(plan, args, batch, out)? {
+            return Ok(());
         }
         out.copy_from_slice(whole.output(plan, args, batch));
         Ok(())

@@ -106,6 +106,34 @@ impl<T: Float> Whole<T> {
         Ok(())
     }
 
+    /// `forward`, with the output written straight into `out` (its length at this batch) when
+    /// it is the last step and cannot fail midway: a product's result is then stored once, not
+    /// stored and copied (for a 10000 × 1000 result, 80 MB of memory traffic less). Returns
+    /// false, with `out` untouched, when the output went to its own buffer instead.
+    pub fn forward_into(
+        &mut self,
+        plan: &Plan<T>,
+        args: &[&[T]],
+        batch: usize,
+        out: &mut [T],
+    ) -> Result<bool> {
+        let last = plan.steps.len() - 1;
+        if plan.output != last || !crate::sweep::computed_infallibly(&plan.steps, last) {
+            self.forward(plan, args, batch)?;
+            return Ok(false);
+        }
+        self.reserve(plan, batch)?;
+        let frame = Frame::new(&plan.steps, args, batch);
+        let mut pacer = Pacer::default();
+        for i in 0..last {
+            forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
+            pacer.after(plan.steps[i].shape.len(batch))?;
+        }
+        // Nothing can stop the run from here on, so `out` is written whole or not at all.
+        crate::sweep::compute_step(&frame, &self.values, last, out, &mut self.gemm.buf)?;
+        Ok(true)
+    }
+
     /// The reverse sweep from the output, after `forward` with the same arguments.
     pub fn backward(
         &mut self,
