@@ -75,9 +75,9 @@ unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
 
 const PORTABLE: (usize, usize) = (4, 8);
 
-/// A SIMD kernel (x86 or NEON) with MR rows and `V` vectors of `lanes` per row: V = 2 for full tiles
-/// (NR = 2·lanes), V = 1 for an edge panel with at most `lanes` live columns, which then costs
-/// half as much (a 20-column C pads to 24 columns, not 32).
+/// A SIMD kernel (x86 or NEON) with MR rows and `V` vectors of `lanes` per row: V = 2 for
+/// full tiles (NR = 2·lanes), V = 1 for an edge panel with at most `lanes` live columns, which
+/// then costs half as much (a 20-column C pads to 24 columns, not 32).
 /// `$arch`: the module whose intrinsics the other names are.
 macro_rules! simd_kernel {
     ($arch:path, $name:ident, $t:ty, $features:literal, $mr:literal, $lanes:literal, $vec:ty,

@@ -3,10 +3,10 @@
 //! The BLIS design: C is computed in blocks of NC columns × KC depth; each B block is packed
 //! into panels of NR columns (kept in L1 by the micro-kernel), each A block of MC rows into
 //! slivers of MR rows (kept in L2), and a register-blocked micro-kernel (microkernel.rs, chosen
-//! at run time for AVX-512, AVX2+FMA, NEON on aarch64, or none) does the MR×NR tiles. Packing buffers come from
-//! a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large products
-//! split the tiles over the thread pool; each tile is computed by one thread in a fixed order,
-//! so results do not depend on the thread count.
+//! at run time for AVX-512, AVX2+FMA, NEON on aarch64, or none) does the MR×NR tiles. Packing
+//! buffers come from a caller-owned workspace (`workspace_len`), so a product allocates
+//! nothing. Large products split the tiles over the thread pool; each tile is computed by one
+//! thread in a fixed order, so results do not depend on the thread count.
 mod gram;
 pub(crate) mod microkernel;
 mod pack;
