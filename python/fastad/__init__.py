@@ -11,10 +11,9 @@ sweeps over preallocated buffers, writes into your arrays (``out=``) and allocat
 >>> x = np.random.rand(100); g = np.empty(100)
 >>> v = f.value_and_grad(x, out=g)
 """
-from ._fastad import _instruction_sets
 from ._fastad import (
-    Program, allocation_count, epoch_order, get_num_threads, instruction_set, outer, outer_diag,
-    outer_sum, set_num_threads,
+    Program, _instruction_sets, allocation_count, epoch_order, get_num_threads, instruction_set,
+    outer, outer_diag, outer_sum, set_num_threads,
 )
 from ._compile import Spec, compile, spec
 from ._ops import (

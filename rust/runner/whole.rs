@@ -96,10 +96,21 @@ impl<T: Float> Whole<T> {
 
     /// The forward sweep over every step. `args` were checked against `plan` for this `batch`.
     pub fn forward(&mut self, plan: &Plan<T>, args: &[&[T]], batch: usize) -> Result<()> {
+        self.forward_through(plan, args, batch, plan.steps.len())
+    }
+
+    /// The forward sweep over steps 0..end (buffers reserved for all of them).
+    fn forward_through(
+        &mut self,
+        plan: &Plan<T>,
+        args: &[&[T]],
+        batch: usize,
+        end: usize,
+    ) -> Result<()> {
         self.reserve(plan, batch)?;
         let frame = Frame::new(&plan.steps, args, batch);
         let mut pacer = Pacer::default();
-        for i in 0..plan.steps.len() {
+        for i in 0..end {
             forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
             pacer.after(plan.steps[i].shape.len(batch))?;
         }
@@ -117,19 +128,14 @@ impl<T: Float> Whole<T> {
         batch: usize,
         out: &mut [T],
     ) -> Result<bool> {
-        let last = plan.steps.len() - 1;
+        let last = plan.steps.len().wrapping_sub(1);
         if plan.output != last || !crate::sweep::computed_infallibly(&plan.steps, last) {
             self.forward(plan, args, batch)?;
             return Ok(false);
         }
-        self.reserve(plan, batch)?;
-        let frame = Frame::new(&plan.steps, args, batch);
-        let mut pacer = Pacer::default();
-        for i in 0..last {
-            forward_step(&frame, &mut self.values, i, &mut self.gemm.buf)?;
-            pacer.after(plan.steps[i].shape.len(batch))?;
-        }
+        self.forward_through(plan, args, batch, last)?;
         // Nothing can stop the run from here on, so `out` is written whole or not at all.
+        let frame = Frame::new(&plan.steps, args, batch);
         crate::sweep::compute_step(&frame, &self.values, last, out, &mut self.gemm.buf)?;
         Ok(true)
     }
