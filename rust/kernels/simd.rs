@@ -1,7 +1,8 @@
 //! Runtime choice of instruction set. The crate is compiled for the x86-64 baseline (so one wheel
 //! runs everywhere); hot loops are wrapped in `dispatch`, which runs them inside a function
 //! compiled for AVX-512 or AVX2+FMA when this CPU has it. Everything the loop calls must be
-//! `#[inline(always)]` (or inlined anyway) to be compiled for the wider instruction set.
+//! `#[inline(always)]` (or inlined anyway) to be compiled for the wider instruction set. On
+//! aarch64 every loop is compiled for NEON already; its level only picks the GEMM micro-kernel.
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// The vector instruction sets `dispatch` can choose.
@@ -36,7 +37,7 @@ pub const LEVELS: &[Level] = if cfg!(target_arch = "x86_64") {
 };
 
 /// The instruction set the kernels use: the widest this CPU has, capped by the environment
-/// variable `FASTAD_SIMD` ("baseline", "avx2" or "avx512", read once, at the first call) so
+/// variable `FASTAD_SIMD` (a name of `LEVELS`, read once, at the first call) so
 /// the narrower paths can be tested and measured on a wider CPU. Decided once for the process:
 /// packed buffers are laid out for it.
 #[inline]

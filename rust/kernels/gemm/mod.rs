@@ -429,7 +429,7 @@ impl<T: Float> Problem<T> {
                         let dst = unsafe { shared.range(j0 * kc..mine.end * nr * kc) };
                         pack(self.b.at(pc, jc + j0).transposed(), j1 - j0, kc, nr, dst);
                     });
-                    &b_pack[..kc * nc.next_multiple_of(nr)]
+                    b_block
                 } else {
                     if nc % nr != 0 {
                         let j0 = (panels - 1) * nr;
