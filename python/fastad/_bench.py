@@ -520,11 +520,16 @@ def last_layer_rows(n: int = 60_000, m: int = 10_000) -> List[Tuple[str, float]]
 def _gemm_peak_row(m: int = 1024) -> Tuple[str, float, float]:
     """A square product through fastad's GEMM; its time is the best of the runs (the peak is
     what the machine can do, so the least disturbed run measures it)."""
-    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
+    A, C = _square_operands(m)
     square = fa.compile(lambda a, b: a @ b, A, A)
-    C = np.empty((m, m), np.float32)
     return (f"fastad GEMM {m}×{m}×{m} (best)", _best(lambda: square(A, A, out=C)),
             2.0 * m**3 * 1e-9)
+
+
+def _square_operands(m: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A (m, m) float32 operand and an array for its square: every GEMM row multiplies these."""
+    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
+    return A, np.empty((m, m), np.float32)
 
 
 def _best(fn: Callable[[], object]) -> float:
@@ -535,8 +540,7 @@ def _library_gemm_rows(peers: bool, m: int = 1024) -> List[Tuple[str, float, flo
     """The same square product by NumPy's BLAS (on the threads its environment gives it:
     OPENBLAS_NUM_THREADS and the like) and, with peers, by JAX's jit, best of the runs: the
     machine's best product, which the GEMM-bound rows are measured against."""
-    A = np.random.default_rng(1).standard_normal((m, m)).astype(np.float32)
-    C = np.empty((m, m), np.float32)
+    A, C = _square_operands(m)
     rows = [(f"NumPy GEMM {m}×{m}×{m} (best)", _best(lambda: np.matmul(A, A, out=C)),
              2.0 * m**3 * 1e-9)]
     if peers:
