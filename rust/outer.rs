@@ -5,7 +5,8 @@
 //! every sum is taken in an order fixed by the sizes alone, so results do not depend on the
 //! thread count. Nothing here allocates in steady state.
 use crate::float::Float;
-use crate::kernels::gemm::{gram_upper, mirror_upper, workspace_len};
+pub use crate::kernels::gemm::mirror_upper;
+use crate::kernels::gemm::{gram_upper, workspace_len};
 use crate::kernels::simd::dispatch;
 use crate::kernels::{outer_rows, scaled, SharedMut};
 use std::cell::RefCell;
@@ -64,6 +65,15 @@ thread_local! {
 /// being what is added to). Its packing space is kept per calling thread and grown only for a
 /// larger product than before.
 pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
+    outer_sum_upper(g, n, p, out, accumulate);
+    mirror_upper(out, p);
+}
+
+/// `outer_sum`'s upper triangle (i ≤ j) only; the strict lower triangle of out is left
+/// incomplete (`gram_upper`). A sum streamed through many calls mirrors once, at the end
+/// (`mirror_upper`): mirroring a 2,025² f32 sum takes 7 ms on AVX2, beside 38 ms for the
+/// product of a 516-row tile.
+pub fn outer_sum_upper<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulate: bool) {
     assert!(g.len() == n * p && out.len() == p * p);
     // A narrow G (small P, many samples) gives the GEMM too few output tiles to share among
     // threads: split the samples instead, into a fixed number of parts (so the sums' order,
@@ -114,7 +124,6 @@ pub fn outer_sum<T: Float>(g: &[T], n: usize, p: usize, out: &mut [T], accumulat
                 }
             }
         }
-        mirror_upper(out, p);
     };
     // The thread-local buffer of T's own type (f32 or f64).
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
@@ -205,11 +214,15 @@ mod tests {
                 // Accumulating the two halves of the batch gives the same sums.
                 let (mut sum2, mut diag2) = (vec![0.0; p * p], vec![0.0; p]);
                 let h = n / 2;
+                // And so do the upper triangles alone, mirrored once at the end.
+                let mut upper = vec![0.0; p * p];
                 for (rows, at) in [(h, 0), (n - h, h * p)] {
                     let part = &g[at..at + rows * p];
                     outer_sum(part, rows, p, &mut sum2, true);
                     outer_diag(part, rows, p, &mut diag2, true);
+                    outer_sum_upper(part, rows, p, &mut upper, true);
                 }
+                mirror_upper(&mut upper, p);
                 for i in 0..p {
                     for j in 0..p {
                         let mut s = 0.0;
@@ -220,6 +233,7 @@ mod tests {
                         }
                         let close = |x: f64| (x - s).abs() <= 1e-12 * (1.0 + s.abs());
                         assert!(close(sum[i * p + j]) && close(sum2[i * p + j]));
+                        assert!(close(upper[i * p + j]));
                         if i == j {
                             assert!(close(diag[i]) && close(diag2[i]));
                         }

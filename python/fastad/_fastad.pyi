@@ -98,6 +98,11 @@ def outer_sum(G: Any, out: Optional[NDArray[Any]] = None,
     """Σ_b g_b g_bᵀ = GᵀG, (P, P): the empirical Fisher of per-sample gradients G (N, P),
     one triangle computed and mirrored. With `accumulate=True` (and `out`), out += GᵀG, out
     taken as symmetric (its upper triangle is what is added to)."""
+def _outer_sum_upper(G: Any, out: NDArray[Any], accumulate: bool) -> NDArray[Any]:
+    """outer_sum's upper triangle only (the lower one left incomplete): for a sum streamed
+    through many calls, completed once by _mirror_upper."""
+def _mirror_upper(F: NDArray[Any]) -> None:
+    """Copies the upper triangle of F (P, P) onto its lower one."""
 def outer_diag(G: Any, out: Optional[NDArray[Any]] = None,
                accumulate: bool = False) -> NDArray[Any]:
     """Σ_b g_b², (P,): the diagonal of outer_sum. With `accumulate=True` (and `out`), out += Σ_b g_b²."""

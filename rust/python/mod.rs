@@ -108,6 +108,8 @@ fn _fastad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arrays::check_out, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(outer::_outer_sum_upper, m)?)?;
+    m.add_function(wrap_pyfunction!(outer::_mirror_upper, m)?)?;
     m.add_function(wrap_pyfunction!(outer::outer_diag, m)?)?;
     m.add_function(wrap_pyfunction!(layer_rows::dense_layers, m)?)?;
     m.add_function(wrap_pyfunction!(layer_rows::layer_rows, m)?)?;

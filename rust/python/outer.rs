@@ -9,11 +9,11 @@ use numpy::{Element, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods}
 use pyo3::prelude::*;
 use smallvec::{smallvec, SmallVec};
 
-/// Which outer product a call wants.
+/// Which outer product a call wants (a `Sum` without `mirror` writes its upper triangle only).
 #[derive(Clone, Copy)]
 enum Kind {
     Each { packed: bool },
-    Sum { accumulate: bool },
+    Sum { accumulate: bool, mirror: bool },
     Diag { accumulate: bool },
 }
 
@@ -71,7 +71,10 @@ fn run<'py, T: Float + Element>(
     let dims = kind.out_dims(n, p);
     let accumulate = matches!(
         kind,
-        Kind::Sum { accumulate: true } | Kind::Diag { accumulate: true }
+        Kind::Sum {
+            accumulate: true,
+            ..
+        } | Kind::Diag { accumulate: true }
     );
     let ov = match out {
         Some(o) => out_view::<T>(o, OutName::Plain("out"), &dims)?,
@@ -90,7 +93,14 @@ fn run<'py, T: Float + Element>(
     run_detached(py, || {
         match kind {
             Kind::Each { packed } => crate::outer::outer(gs, n, p, os, packed),
-            Kind::Sum { accumulate } => crate::outer::outer_sum(gs, n, p, os, accumulate),
+            Kind::Sum {
+                accumulate,
+                mirror: true,
+            } => crate::outer::outer_sum(gs, n, p, os, accumulate),
+            Kind::Sum {
+                accumulate,
+                mirror: false,
+            } => crate::outer::outer_sum_upper(gs, n, p, os, accumulate),
             Kind::Diag { accumulate } => crate::outer::outer_diag(gs, n, p, os, accumulate),
         };
         Ok(())
@@ -132,7 +142,49 @@ pub fn outer_sum<'py>(
     out: Option<&Bound<'py, PyAny>>,
     accumulate: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    dispatch(G, out, Kind::Sum { accumulate })
+    let mirror = true;
+    dispatch(G, out, Kind::Sum { accumulate, mirror })
+}
+
+/// `outer_sum`'s upper triangle only (the lower one left incomplete), for a sum streamed
+/// through many calls: `_mirror_upper(out)` once at the end completes it.
+#[pyfunction]
+#[pyo3(signature = (G, out, accumulate))]
+#[allow(non_snake_case)]
+pub fn _outer_sum_upper<'py>(
+    G: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    accumulate: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mirror = false;
+    dispatch(G, Some(out), Kind::Sum { accumulate, mirror })
+}
+
+/// Copies the upper triangle of F (P, P), float32 or float64, onto its lower one.
+#[pyfunction]
+#[allow(non_snake_case)]
+pub fn _mirror_upper(F: &Bound<'_, PyAny>) -> PyResult<()> {
+    let a = F.cast::<PyUntypedArray>()?;
+    let (p, dtype) = match (a.shape(), Dtype::of_array(a)) {
+        (&[p, q], Some(dtype)) if p == q => (p, dtype),
+        (s, _) => {
+            return Err(to_py_err(Error::Shape(format!(
+                "F must be a square float32 or float64 matrix; got shape {} and dtype {}",
+                fmt_dims(s),
+                a.dtype().str()?
+            ))))
+        }
+    };
+    fn mirror<T: Float + Element>(f: &Bound<'_, PyAny>, p: usize) -> PyResult<()> {
+        let view = out_view::<T>(f, OutName::Plain("F"), &[p, p])?;
+        // SAFETY: the view was checked for T and (p, p).
+        let fs = unsafe { view.slice::<T>() };
+        run_detached(f.py(), || {
+            crate::outer::mirror_upper(fs, p);
+            Ok(())
+        })
+    }
+    by_dtype!(dtype, T => mirror::<T>(F, p))
 }
 
 /// d = Σ_b g_b² (P,): the diagonal of `outer_sum`; with `accumulate=True`, out += Σ_b g_b².
