@@ -9,6 +9,8 @@ methods here hand over to them.
 """
 from __future__ import annotations
 
+import json
+import pickle
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -256,6 +258,17 @@ class Chain:
         file intact."""
         _model_file.save(self, path, optimizer)
 
+    def __reduce__(self) -> Tuple[Any, Tuple[bytes, bytes]]:
+        """Pickles (and copies) through the model file's representation: its JSON header and
+        the parameters' bytes, rebuilt by a fastad function that validates both. Compiled
+        programs are not pickled; the copy compiles its own on first use. Models whose layers
+        have activation functions of one's own cannot be pickled (as they cannot be saved)."""
+        try:
+            header = json.dumps(_model_file.describe(self, "a pickle")).encode()
+        except ValueError as e:
+            raise pickle.PicklingError(f"cannot pickle {self!r}: {e}") from None
+        return _unpickled, (header, self._params.tobytes())
+
     # Curvature: Jacobians, Fisher and Gauss-Newton matrices (`_curvature.py`) ---------------------
 
     def jacobian(self, X: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -312,11 +325,22 @@ def load(path: Any, *, with_optimizer: bool = False) -> Union[Chain, Tuple[Chain
     optimiser). Raises ``fa.FormatError`` for a file that is not a valid fastad model, naming the
     problem; never executes its contents."""
     contents = _model_file.read(path)
+    model = _built(contents)
+    return (model, contents.optimizer) if with_optimizer else model
+
+
+def _built(contents: _model_file.Contents) -> Chain:
+    """The Chain of a model file's (or a pickle's) validated contents."""
     layers = [Dense(l["in"], l["out"], l["activation"], use_bias=l["use_bias"])
               for l in contents.layers]
     model = Chain(*layers, dtype=contents.dtype)
     model.params[:] = contents.params
-    return (model, contents.optimizer) if with_optimizer else model
+    return model
+
+
+def _unpickled(header: bytes, params: bytes) -> Chain:
+    """`Chain.__reduce__`'s inverse: the model of a pickle's header and parameter bytes."""
+    return _built(_model_file.parse("a pickled fa.Chain", header, params))
 
 
 def save(model: Chain, path: Any, *, optimizer: Optional[_optim.Optimizer] = None) -> None:

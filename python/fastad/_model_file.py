@@ -51,16 +51,7 @@ def save(model: Any, path: Any, optimizer: Optional[_optim.Optimizer] = None) ->
     """Writes `model` (a ``fa.Chain``) and, when given, the optimiser's state to `path` in
     fastad's pickle-free format (see ``fa.load``). Atomic: the file is written beside `path` and
     renamed over it, so a failed save leaves any previous file intact."""
-    layers = []
-    for k, layer in enumerate(model.layers):
-        act = layer.activation
-        if act is not None and not (isinstance(act, str) and act in ACTIVATIONS):
-            raise ValueError(f"layer {k} ({layer!r}) has a custom activation function, which a "
-                             f"model file cannot hold; only named activations can be saved")
-        layers.append({"in": layer.in_features, "out": layer.out_features, "activation": act,
-                       "use_bias": layer.use_bias})
-    header: Dict[str, Any] = {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
-                              "n_params": model.n_params, "layers": layers}
+    header = describe(model, "a model file")
     arrays = {"params": model.params}
     if optimizer is not None:
         state = _optim.optional(optimizer).state_dict()
@@ -87,6 +78,39 @@ def save(model: Any, path: Any, optimizer: Optional[_optim.Optimizer] = None) ->
         except OSError:
             pass  # the original error is the one to report
         raise
+
+
+def describe(model: Any, where: str) -> Dict[str, Any]:
+    """The header of `model`'s file, without an optimiser: format, version, dtype, parameter
+    count and layers. Raises a ValueError for a layer whose activation is a function of one's
+    own, which `where` (a model file, a pickle) cannot hold."""
+    layers = []
+    for k, layer in enumerate(model.layers):
+        act = layer.activation
+        if act is not None and not (isinstance(act, str) and act in ACTIVATIONS):
+            raise ValueError(f"layer {k} ({layer!r}) has a custom activation function, which "
+                             f"{where} cannot hold; only the named activations "
+                             f"{sorted(ACTIVATIONS)} can")
+        layers.append({"in": layer.in_features, "out": layer.out_features, "activation": act,
+                       "use_bias": layer.use_bias})
+    return {"format": FORMAT, "version": VERSION, "dtype": model.dtype.name,
+            "n_params": model.n_params, "layers": layers}
+
+
+def parse(where: str, header: bytes, params: bytes) -> Contents:
+    """A model from its JSON header (`describe`'s, as bytes) and the raw bytes of its
+    parameters, as pickling a Chain stores it: validated as `read` validates a file, so a
+    tampered pickle raises ``fa.FormatError`` naming `where`, never builds a wrong model."""
+    fields = _header(where, np.frombuffer(header, np.uint8))
+    if "optimizer" in fields:
+        raise FormatError(f"{where}: an optimizer entry; a pickled model holds none")
+    dtype, layers, n_params = _layers(where, fields)
+    size = np.dtype(dtype).itemsize
+    if not isinstance(params, bytes) or len(params) != n_params * size:
+        got = f"{len(params)} bytes" if isinstance(params, bytes) else type(params).__name__
+        raise FormatError(f"{where}: parameters of {got}; the layers need {n_params} {dtype} "
+                          f"({n_params * size} bytes)")
+    return Contents(dtype, layers, np.frombuffer(params, dtype).copy(), None)
 
 
 def _mode_for(path: str) -> int:
