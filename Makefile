@@ -19,12 +19,14 @@ demo: install
 	$(PY) -m fastad
 
 # Everything: Rust unit and integration tests (with fastad's pool, then on rayon's), then the
-# Python tests against the installed wheel; then both again on each narrower instruction set
-# than this CPU's (FASTAD_SIMD caps it: avx2 and baseline on an AVX-512 CPU, baseline on an
-# AVX2 one), so every kernel level runs. Those runs leave out the benchmark demo and the
-# Ctrl-C timings (on the portable kernels one product can outlast their one-second bound).
+# Python tests against the installed wheel (with Dask installed, so fastad.dask's tests run);
+# then both again on each narrower instruction set than this CPU's (FASTAD_SIMD caps it: avx2
+# and baseline on an AVX-512 CPU, baseline on an AVX2 one), so every kernel level runs. Those
+# runs leave out the benchmark demo and the Ctrl-C timings (on the portable kernels one product
+# can outlast their one-second bound).
 # Last, the crate built for aarch64 (its NEON kernels) and tested under qemu-user.
 test: install
+	$(PY) -m pip install --quiet "dask[array,distributed]>=2023.1"
 	cargo test
 	cargo test --features rayon
 	cd tests && ../$(PY) -m pytest -q -p no:cacheprovider .
@@ -54,3 +56,5 @@ bench: install
 	cargo bench --features rayon --bench executors
 	$(PY) benches/compare.py
 	$(PY) benches/gemm_vs_blas.py
+	$(PY) -m pip install --quiet "dask[array,distributed]>=2023.1"
+	$(PY) benches/dask_fisher.py

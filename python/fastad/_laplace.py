@@ -45,6 +45,43 @@ def _features(model: Any) -> Any:
     return apply
 
 
+def _features_program(model: Any) -> Any:
+    """φ(θ, X, out=None): the model's features (its layers but the last), compiled once."""
+    prog = model._program("features", lambda: compile(
+        _features(model), spec((model.n_params,), model.dtype), model._x_spec(),
+        dtype=model.dtype))
+    return lambda params, X, out=None: prog(params, X, out=out)
+
+
+def _is_dask(a: Any) -> bool:
+    return hasattr(a, "__dask_graph__")
+
+
+class _DataSums:
+    """What `fit` sums over the data at θ*: the data term (the loss) and the curvature, chunk
+    by chunk. Picklable (its models travel as model files do, their programs compiled where
+    they run), so that Dask workers can each sum their chunks of the data (`fastad.dask`)."""
+
+    def __init__(self, model: Any, theta: np.ndarray, net: Any, features: bool, kind: str,
+                 hessian: str, loss: str) -> None:
+        self.model, self.theta, self.net, self.features = model, theta, net, features
+        self.kind, self.hessian, self.loss = kind, hessian, loss
+
+    def add(self, X: np.ndarray, Y: Any, out: Any) -> float:
+        """Adds the curvature of rows X, Y (checked) to `out`; returns their data term."""
+        net, loss, K = self.net, self.loss, self.model.out_features
+        features = _features_program(self.model) if self.features else None
+        data_term = 0.0
+        for r0 in range(0, X.shape[0], FIT_ROWS):
+            r1 = min(X.shape[0], r0 + FIT_ROWS)
+            inputs = X[r0:r1] if features is None else features(self.theta, X[r0:r1])
+            data_term += net.loss(inputs, Y[r0:r1], loss=loss) * (
+                1 if loss == "sse" else (r1 - r0) * (K if loss == "bce_logits" else 1))
+            net.fisher(inputs, Y[r0:r1], loss=loss, kind=self.kind, structure=self.hessian,
+                       out=out, accumulate=True)
+        return data_term
+
+
 class _Fitted:
     """What a fit found; never changed afterwards (a new fit makes a new one)."""
 
@@ -215,27 +252,27 @@ class Laplace:
     def fit(self, X: Any, Y: Any) -> "Laplace":
         """Computes the curvature at the model's current parameters θ* (which the object keeps:
         later changes to the model do not move it), streaming X and Y through it in chunks, so
-        memory does not grow with N. Returns self."""
+        memory does not grow with N. X and Y may be Dask arrays chunked by rows: then each
+        chunk is summed on a Dask worker (`fastad.dask`). Returns self."""
         model, loss = self.model, self._loss
-        args, Yc = model._loss_args(X, Y, loss)
-        X = args[1]
-        if Yc is not None and Yc.ndim == 1 and resolve(loss).targets == "labels":
-            _check_labels(Yc, model.out_features)
+        dask = _is_dask(X) or _is_dask(Y)
+        if not dask:
+            args, Y = model._loss_args(X, Y, loss)
+            X = args[1]
+            if Y is not None and Y.ndim == 1 and resolve(loss).targets == "labels":
+                _check_labels(Y, model.out_features)
         with self._lock:
             theta = model.params.copy()
             net, features = self._net(theta)
             kind = "ggn" if self.curvature == "ggn" else "empirical"
             layers = dense_layers(seeded_program(net)) if self.hessian == "kron" else None
             out = self._accumulators(net, layers)
-            n, K = X.shape[0], model.out_features
-            data_term = 0.0
-            for r0 in range(0, n, FIT_ROWS):
-                r1 = min(n, r0 + FIT_ROWS)
-                inputs = X[r0:r1] if features is None else features(theta, X[r0:r1])
-                data_term += net.loss(inputs, Yc[r0:r1], loss=loss) * (
-                    1 if loss == "sse" else (r1 - r0) * (K if loss == "bce_logits" else 1))
-                net.fisher(inputs, Yc[r0:r1], loss=loss, kind=kind, structure=self.hessian,
-                           out=out, accumulate=True)
+            sums = _DataSums(model, theta, net, features is not None, kind, self.hessian, loss)
+            if dask:
+                from .dask import _laplace_sums
+                n, data_term = _laplace_sums(sums, X, Y, out)
+            else:
+                n, data_term = X.shape[0], sums.add(X, Y, out)
             unit = self._unit_scale()
             if self.hessian == "full":
                 post = _posterior.Full(out.astype(np.float64) * unit)
@@ -249,7 +286,7 @@ class Laplace:
                     self.n_params)
             self._fitted = _Fitted(
                 theta=theta, net=net, net_params=net.params.copy(), features=features,
-                posterior=post, n=n, outputs=K, data_term=data_term,
+                posterior=post, n=n, outputs=model.out_features, data_term=data_term,
                 delta=theta[self._offset:].astype(np.float64) - self.prior_mean)
         return self
 
@@ -265,10 +302,7 @@ class Laplace:
         net = Chain(net_layer, dtype=model.dtype)
         if len(model.layers) == 1:
             return net, None
-        prog = model._program("features", lambda: compile(
-            _features(model), spec((model.n_params,), model.dtype), model._x_spec(),
-            dtype=model.dtype))
-        return net, lambda params, X, out=None: prog(params, X, out=out)
+        return net, _features_program(model)
 
     def _linear_head(self, U: np.ndarray) -> Tuple[Any, Tuple[np.ndarray, ...]]:
         """For a linear last layer's Kronecker predictive, one program of (θ, X, U[:k], U[k],
