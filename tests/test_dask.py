@@ -220,6 +220,12 @@ def test_bad_input_is_refused_up_front(local_threads):
         fd.fisher(model, Xd, Y["mse"], loss="mse", structure="block")
     with pytest.raises(ValueError, match="split_every must be an integer of at least 2"):
         fd.fisher(model, Xd, Y["mse"], loss="mse", split_every=1)
+    unknown = Xd[Xd[:, 0] > -np.inf]  # the same rows, in chunks of unknown sizes
+    with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes\(\)"):
+        fd.fisher(model, unknown, Y["mse"], loss="mse")
+    # Without targets to align, unknown sizes are fine: N is counted chunk by chunk.
+    value, _ = fd.value_and_grad(model, unknown)
+    assert abs(value - model.value_and_grad(X)[0]) <= REL * abs(value)
     with pytest.raises(TypeError, match="fastad.dask takes a fa.Chain"):
         fd.fisher(fa.compile(lambda x: fa.sum(x), fa.spec((3,))), Xd)
 

@@ -48,3 +48,12 @@ def test_a_tampered_pickle_raises_format_error_not_a_wrong_model():
     bad_layer = data.replace(b'"in": 8', b'"in": 9')
     with pytest.raises(fa.FormatError, match="inconsistent layers"):
         pickle.loads(bad_layer)
+    # A pickle is a call of fastad's own rebuilding function: any arguments are checked.
+    from fastad._chain import _unpickled
+    header, params = _model().__reduce__()[1]
+    with pytest.raises(fa.FormatError, match="a header of type int"):
+        _unpickled(3, params)
+    with pytest.raises(fa.FormatError, match=f"parameters of {len(params) - 8} bytes"):
+        _unpickled(header, params[:-8])
+    with pytest.raises(fa.FormatError, match="not valid JSON"):
+        _unpickled(b"{", params)

@@ -101,6 +101,8 @@ def parse(where: str, header: bytes, params: bytes) -> Contents:
     """A model from its JSON header (`describe`'s, as bytes) and the raw bytes of its
     parameters, as pickling a Chain stores it: validated as `read` validates a file, so a
     tampered pickle raises ``fa.FormatError`` naming `where`, never builds a wrong model."""
+    if not isinstance(header, bytes):
+        raise FormatError(f"{where}: a header of type {type(header).__name__}; expected bytes")
     fields = _header(where, np.frombuffer(header, np.uint8))
     if "optimizer" in fields:
         raise FormatError(f"{where}: an optimizer entry; a pickled model holds none")

@@ -224,7 +224,7 @@ def _prepared(model: Any, X: Any, Y: Any, loss: Any) -> Tuple[Any, Any, bool]:
         resolve(loss).check_targets(None, K)  # raises when the loss needs targets
         return X, None, False
     Y = _dask_array(Y, "Y")
-    known = X.shape[0] == X.shape[0] and Y.shape[:1] == Y.shape[:1]  # nan: not known
+    known = Y.ndim > 0 and X.shape[0] == X.shape[0] and Y.shape[0] == Y.shape[0]  # nan: unknown
     if Y.ndim not in (1, 2) or (known and Y.shape[0] != X.shape[0]):
         raise ValueError(f"targets Y must have {X.shape[0]} rows like X; got shape {Y.shape}")
     # The loss's check of Y's shape, on a stand-in of that shape that holds no memory.
