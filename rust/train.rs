@@ -112,6 +112,10 @@ impl<T: Float> Trainer<T> {
         for start in (0..n).step_by(schedule.batch_size) {
             let end = (start + schedule.batch_size).min(n);
             let b = end - start;
+            // Asked to stop before a step, never between an epoch's last step and its loss:
+            // an epoch whose steps all ran is reported whole. The update writes every
+            // parameter, the batch's gather its rows.
+            self.pacer.after(params.len() + b * (xw + yw))?;
             // Batches in data order are already contiguous: no copy.
             let (x, y) = if schedule.shuffle {
                 for (i, &row) in self.order[start..end].iter().enumerate() {
@@ -144,8 +148,6 @@ impl<T: Float> Trainer<T> {
             };
             optimizer.step(params, &self.grad)?;
             total += loss.to_f64() * b as f64;
-            // The update wrote every parameter, the batch's gather its rows.
-            self.pacer.after(params.len() + b * (xw + yw))?;
         }
         Ok(total / n as f64)
     }

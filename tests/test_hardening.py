@@ -281,6 +281,25 @@ print("resumes", np.isfinite(model.fit(X, Y, loss="mse", optimizer=opt, epochs=1
 """, ["KeyboardInterrupt True True True", "consistent True True", "resumes True"])
 
 
+def test_ctrl_c_never_loses_the_loss_of_an_epoch_whose_steps_all_ran():
+    """One batch per epoch, so every stop falls between epochs: the losses carried are those
+    of every update made (the check once came after an epoch's last step, before its loss was
+    kept, and the full-batch fit lost an epoch each time)."""
+    expect_lines(INTERRUPT_AFTER + """
+N = 32  # one small batch: its replay is too short to look for Ctrl-C itself
+rng = np.random.default_rng(0)
+X, Y = rng.normal(size=(N, 8)), rng.normal(size=(N, 1))
+model = fa.Chain(fa.Dense(8, 64, "tanh"), fa.Dense(64, 1), seed=1)
+opt = fa.SGD(1e-3)
+interrupt_after(0.5)
+try:
+    model.fit(X, Y, loss="mse", optimizer=opt, epochs=10**7, batch_size=N, shuffle=False)
+    print("not interrupted")
+except KeyboardInterrupt as e:
+    print("KeyboardInterrupt", opt.steps > 0, len(e.losses) == opt.steps)
+""", ["KeyboardInterrupt True True"])
+
+
 def test_ctrl_c_stops_a_long_replay_and_the_program_still_works():
     expect_lines(INTERRUPT_AFTER + """
 # A batch replay of several seconds: tiled (a sum over the batch), and whole (a softmax across
