@@ -340,14 +340,20 @@ def test_ctrl_c_stops_fisher_on_a_large_batch(structure, width):
 model = fa.Chain(fa.Dense(20, 200, "tanh"), fa.Dense(200, 10), seed=0)
 wide = fa.Chain(fa.Dense(20, {width}, "tanh"), fa.Dense({width}, 10), seed=0)
 X, Y = np.ones((400000, 20)), np.zeros((400000, 10))
+rng = np.random.default_rng(0)
+X[:, :10], Y[:, :5] = rng.normal(size=(400000, 10)), rng.normal(size=(400000, 5))
+full = "{structure}" == "full"
+F = wide.fisher(X[:1000], Y[:1000], kind="{kind}") if full else None
 t0 = interrupt_after(0.5)
 try:
-    wide.fisher(X, Y, kind="{kind}", structure="{structure}")
+    wide.fisher(X, Y, kind="{kind}", structure="{structure}", out=F, accumulate=full)
     print("not interrupted")
 except KeyboardInterrupt:
     print("KeyboardInterrupt", time.perf_counter() - t0 - 0.5 < 1.0)
+# The full sum's tiles add to its upper triangle: F is mirrored even when interrupted.
+print(not full or np.array_equal(F, F.T))
 print(model.fisher_diag(X[:10], Y[:10]).shape)
-""", ["KeyboardInterrupt True", f"({20 * 200 + 200 + 200 * 10 + 10},)"])
+""", ["KeyboardInterrupt True", "True", f"({20 * 200 + 200 + 200 * 10 + 10},)"])
 
 
 def test_an_optimizer_can_be_read_while_fit_runs_on_another_thread():

@@ -16,8 +16,11 @@ from ._losses import LOSSES, resolve, unit_rows
 # Elements of one tile of per-sample rows: small enough to stay in the last-level cache. A
 # model may set its own `_TILE_ELEMENTS`.
 TILE_ELEMENTS = 1 << 20
-# The most elements of a tile of the full Fisher's rows (32 MB in float64).
+# The most elements of a tile of the full Fisher's rows (32 MB in float64), and the most
+# multiply-adds of its product (rows·P², a tenth of a second or so: Ctrl-C is looked for
+# between tiles).
 FISHER_TILE_ELEMENTS = 1 << 22
+FISHER_TILE_WORK = 1 << 33
 
 Rows = Iterator[Tuple[int, int, np.ndarray]]
 
@@ -53,13 +56,17 @@ def fisher(model: Any, X: Any, Y: Any, loss: Any, kind: str, structure: str,
         for _, _, block in rows():
             outer_diag(block, out=F, accumulate=True)
         return F
-    # Tiles of as many elements as F, within [TILE_ELEMENTS, FISHER_TILE_ELEMENTS]: each
-    # tile's product is long beside its fixed costs. For 10→64→20→1 at N = 100k (P = 2,025),
-    # 2,000-row tiles ran 10-15% faster than 500-row ones (AVX2, 2 threads, 4 runs). Tiles
-    # add to the upper triangle only; it is mirrored once, after the last one.
-    for _, _, block in rows(min(max(TILE_ELEMENTS, p * p), FISHER_TILE_ELEMENTS)):
-        _outer_sum_upper(block, F, True)
-    _mirror_upper(F)
+    # Tiles of as many elements as F, within [TILE_ELEMENTS, FISHER_TILE_ELEMENTS] and
+    # FISHER_TILE_WORK: each tile's product is long beside its fixed costs. For 10→64→20→1 at
+    # N = 100k (P = 2,025), 2,000-row tiles ran 10-15% faster than 500-row ones (AVX2, 2
+    # threads, 4 runs). Tiles add to the upper triangle only; it is mirrored once, after the
+    # last one (or after the tile a Ctrl-C or an error stopped at: F stays symmetric).
+    elements = max(TILE_ELEMENTS, min(p * p, FISHER_TILE_ELEMENTS, FISHER_TILE_WORK // p))
+    try:
+        for _, _, block in rows(elements):
+            _outer_sum_upper(block, F, True)
+    finally:
+        _mirror_upper(F)
     return F
 
 
