@@ -156,6 +156,12 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the value is given (an argument or a constant) rather than computed by a step:
+    /// such values are read where they are, never stored in a step's buffer.
+    pub fn is_given(&self) -> bool {
+        matches!(self, Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_))
+    }
+
     /// The nodes this op reads (at most three).
     pub fn inputs(&self) -> ([NodeId; 3], usize) {
         match *self {

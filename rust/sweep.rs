@@ -97,26 +97,19 @@ pub(crate) fn forward_step<T: Float>(
     i: usize,
     ws: &mut [T],
 ) -> Result<()> {
-    let (before, rest) = values.split_at_mut(i);
-    match f.steps[i].op {
-        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => Ok(()),
-        _ => compute_step(
-            f,
-            before,
-            i,
-            &mut rest[0][..f.steps[i].shape.len(f.batch)],
-            ws,
-        ),
+    if f.steps[i].op.is_given() {
+        return Ok(());
     }
+    let (before, rest) = values.split_at_mut(i);
+    let out = &mut rest[0][..f.steps[i].shape.len(f.batch)];
+    compute_step(f, before, i, out, ws)
 }
 
 /// Whether step i's value is computed (not an argument or a constant) by arithmetic that
 /// cannot fail midway, so it may be written straight into a caller's array.
 pub(crate) fn computed_infallibly(steps: &[Step], i: usize) -> bool {
-    !matches!(
-        steps[i].op,
-        Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) | Op::TakeAlongRows { .. }
-    )
+    let op = &steps[i].op;
+    !op.is_given() && !matches!(op, Op::TakeAlongRows { .. })
 }
 
 /// Step i's value into `out` (of its length at this batch), from the values `before` it.

@@ -31,9 +31,9 @@ impl<T: Float> Whole<T> {
         let mut adjoints = Vec::with_capacity(plan.steps.len());
         for s in &plan.steps {
             let n = s.shape.alloc_len(0);
-            let value = match s.op {
-                Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => Vec::new(),
-                _ => crate::buffer::filled(n, T::zero(), "a step's values")?,
+            let value = match s.op.is_given() {
+                true => Vec::new(),
+                false => crate::buffer::filled(n, T::zero(), "a step's values")?,
             };
             values.push(value);
             adjoints.push(if s.needs_grad {
