@@ -117,11 +117,23 @@ class Chain:
     def _x(self, X: Any) -> np.ndarray:
         if not isinstance(X, np.ndarray):
             X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.in_features:
-            raise ValueError(
-                f"X must have shape (N, {self.in_features}) (one sample per row); got {X.shape}"
-            )
+        self._check_x_shape(X.shape)
         return X
+
+    def _check_x_shape(self, shape: Tuple[Any, ...]) -> None:
+        """Raises unless inputs of this shape are (N, in_features), one sample per row."""
+        if len(shape) != 2 or shape[1] != self.in_features:
+            raise ValueError(
+                f"X must have shape (N, {self.in_features}) (one sample per row); got {shape}"
+            )
+
+    @staticmethod
+    def _check_y_rows(shape: Tuple[Any, ...], n: Any) -> None:
+        """Raises unless targets of this shape have one or two axes and n rows (a row count not
+        known yet, NaN for a Dask array, is not compared)."""
+        known = len(shape) > 0 and shape[0] == shape[0] and n == n
+        if len(shape) not in (1, 2) or (known and shape[0] != n):
+            raise ValueError(f"targets Y must have {n} rows like X; got shape {shape}")
 
     def _program(self, key: Any, build: Callable[[], Any]) -> Any:
         prog = self._programs.get(key)
@@ -170,9 +182,7 @@ class Chain:
         X = self._x(X)
         if Y is not None:
             Y = np.asarray(Y)
-            if Y.ndim == 0 or Y.ndim > 2 or Y.shape[0] != X.shape[0]:
-                raise ValueError(
-                    f"targets Y must have {X.shape[0]} rows like X; got shape {Y.shape}")
+            self._check_y_rows(Y.shape, X.shape[0])
         Y = resolve(loss).check_targets(Y, self.out_features)
         return ((self._params, X) if Y is None else (self._params, X, Y)), Y
 

@@ -31,7 +31,7 @@ except ImportError as e:  # pragma: no cover - exercised only without Dask
                       "and, for clusters, distributed)") from e
 
 from ._chain import Chain
-from ._curvature import _check_labels
+from ._curvature import _check_labels, kron_shapes
 from ._losses import LOSSES, resolve
 
 __all__ = ["fisher", "value_and_grad", "per_sample_grad_norms"]
@@ -62,11 +62,7 @@ def fisher(model: Chain, X: Any, Y: Any = None, *, loss: Any = "sse", kind: str 
     part = functools.partial(_fisher_part, loss=loss, kind=kind, structure=structure)
     _, total = _summed(model, X, Y, squeeze, part, _size(shapes), split_every, loss,
                        model.out_features)
-    arrays = _split(total, shapes, model.dtype)
-    if structure == "kron":
-        half = len(arrays) // 2
-        return arrays[:half], arrays[half:]
-    return arrays[0]
+    return _grouped(_split(total, shapes, model.dtype), structure == "kron")
 
 
 def value_and_grad(model: Chain, X: Any, Y: Any = None, *, loss: Any = "sse", l2: float = 0.0,
@@ -176,8 +172,7 @@ def _laplace_sums(sums: Any, X: Any, Y: Any, out: Any) -> Tuple[int, float]:
 def _laplace_part(sums: Any, X: np.ndarray, Y: Any, out: np.ndarray, *,
                   shapes: List[Tuple[int, ...]], dtype: Any, kron: bool) -> None:
     arrays = [np.zeros(s, dtype) for s in shapes]
-    half = len(arrays) // 2
-    out[0] = sums.add(X, Y, (arrays[:half], arrays[half:]) if kron else arrays[0])
+    out[0] = sums.add(X, Y, _grouped(arrays, kron))
     _flatten_into(arrays, out[1:])
 
 
@@ -215,20 +210,16 @@ def _prepared(model: Any, X: Any, Y: Any, loss: Any) -> Tuple[Any, Any, bool]:
         raise TypeError(f"fastad.dask takes a fa.Chain, got {type(model).__name__}")
     K = model.out_features
     X = _dask_array(X, "X")
-    if X.ndim != 2 or X.shape[1] != model.in_features:
-        raise ValueError(f"X must have shape (N, {model.in_features}) (one sample per row); got "
-                         f"{X.shape}")
+    model._check_x_shape(X.shape)
     if X.numblocks[1] > 1:
         X = X.rechunk({1: -1})
     if Y is None:
         resolve(loss).check_targets(None, K)  # raises when the loss needs targets
         return X, None, False
     Y = _dask_array(Y, "Y")
-    known = Y.ndim > 0 and X.shape[0] == X.shape[0] and Y.shape[0] == Y.shape[0]  # nan: unknown
-    if Y.ndim not in (1, 2) or (known and Y.shape[0] != X.shape[0]):
-        raise ValueError(f"targets Y must have {X.shape[0]} rows like X; got shape {Y.shape}")
+    model._check_y_rows(Y.shape, X.shape[0])
     # The loss's check of Y's shape, on a stand-in of that shape that holds no memory.
-    rows = Y.shape[0] if known else 0
+    rows = Y.shape[0] if Y.shape[0] == Y.shape[0] else 0  # NaN: not known yet
     resolve(loss).check_targets(np.broadcast_to(np.zeros(()), (rows,) + Y.shape[1:]), K)
     squeeze = Y.ndim == 1
     if squeeze:
@@ -276,9 +267,18 @@ def _reduction(loss: Any, reduction: Optional[str]) -> str:
 
 
 def _kron_shapes(model: Chain) -> List[Tuple[int, int]]:
-    """The Kronecker factors' shapes, A_l then G_l, of `Chain.fisher(structure="kron")`."""
-    return ([(l.in_features + l.use_bias,) * 2 for l in model.layers]
-            + [(l.out_features,) * 2 for l in model.layers])
+    """The Kronecker factors' shapes, A_l then G_l, of `Chain.fisher(structure="kron")`: those
+    of `kron_shapes` for the model's layers, read from them without compiling a program."""
+    A, G = kron_shapes([(None, True if l.use_bias else None, l.in_features, l.out_features)
+                        for l in model.layers])
+    return A + G
+
+
+def _grouped(arrays: List[np.ndarray], kron: bool) -> Any:
+    """A flat list of results as the curvature methods give and take them: the (A, G) lists
+    of Kronecker factors (A_l first, then G_l), or the one array."""
+    half = len(arrays) // 2
+    return (arrays[:half], arrays[half:]) if kron else arrays[0]
 
 
 def _size(shapes: List[Tuple[int, ...]]) -> int:
