@@ -1,4 +1,7 @@
-"""Shared helpers: central finite differences in float64, reference checks, a 1-and-2-threads fixture."""
+"""Shared helpers: central finite differences in float64, reference checks, calls from many
+threads at once, a 1-and-2-threads fixture."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -36,6 +39,24 @@ def assert_close_rel(actual, expected, rel, what=""):
     err = np.linalg.norm((actual - expected).ravel())
     scale = max(np.linalg.norm(expected.ravel()), 1.0)
     assert err <= rel * scale, f"{what}: relative error {err / scale:.3e} > {rel:.1e}"
+
+
+def errors_in_threads(work, args):
+    """Runs ``work(a)`` for each a of `args`, each on its own thread, all at once; returns the
+    exceptions that escaped them (an empty list when every call returned)."""
+    errors = []
+
+    def run(a):
+        try:
+            work(a)
+        except BaseException as e:  # noqa: BLE001 - returned to the test
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 @pytest.fixture(params=[1, 2])

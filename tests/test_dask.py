@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastad as fa
-from conftest import assert_close_rel
+from conftest import assert_close_rel, errors_in_threads
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("dask.distributed")
@@ -184,19 +184,11 @@ def test_calls_from_several_threads_at_once(local_threads):
     X, Y = _data(200)
     Xd = da.from_array(X, chunks=(9, 4))
     want = model.fisher(X, Y["mse"], loss="mse")
-    results, errors = [None] * 4, []
+    results = [None] * 4
 
     def work(i):
-        try:
-            results[i] = fd.fisher(model, Xd, Y["mse"], loss="mse")
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+        results[i] = fd.fisher(model, Xd, Y["mse"], loss="mse")
+    assert not errors_in_threads(work, range(4))
     for r in results:
         assert_close_rel(r, want, REL, "threads")
 

@@ -1,10 +1,9 @@
 """Bad input gives clear errors, writes nothing, and leaves the program working."""
-import threading
-
 import numpy as np
 import pytest
 
 import fastad as fa
+from conftest import errors_in_threads
 
 
 @pytest.fixture
@@ -159,11 +158,7 @@ def test_concurrent_calls_from_threads_are_safe():
                 errors.append(k)
                 return
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not errors_in_threads(worker, range(8))
     assert not errors
 
 

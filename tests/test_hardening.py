@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fastad as fa
+from conftest import errors_in_threads
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -113,24 +114,17 @@ def test_a_rust_panic_never_reaches_python_as_panic_exception():
 def hammer(calls, reference, threads=8, repeats=25):
     """Runs each call from `threads` threads at once, `repeats` times, and counts results that
     differ from `reference` (computed alone)."""
-    wrong, failures = [], []
+    wrong = []
     start = threading.Barrier(threads)
 
     def worker(t):
-        try:
-            start.wait()
-            for r in range(repeats):
-                k = (t + r) % len(calls)
-                if not np.allclose(calls[k](), reference[k], rtol=1e-10, atol=1e-12):
-                    wrong.append(k)
-        except Exception as e:  # pragma: no cover - reported below
-            failures.append(repr(e))
+        start.wait()
+        for r in range(repeats):
+            k = (t + r) % len(calls)
+            if not np.allclose(calls[k](), reference[k], rtol=1e-10, atol=1e-12):
+                wrong.append(k)
 
-    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    failures = [repr(e) for e in errors_in_threads(worker, range(threads))]
     assert not failures, failures
     assert not wrong, f"{len(wrong)} wrong results of calls {sorted(set(wrong))}"
 
@@ -181,14 +175,10 @@ def test_programs_and_optimizers_are_safe_from_eight_threads():
     opt, params = fa.SGD(0.5), np.zeros(1000)
     g = np.ones(1000)
 
-    def steps():
+    def steps(_):
         for _ in range(100):
             opt.step(params, g)
-    ts = [threading.Thread(target=steps) for _ in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    assert not errors_in_threads(steps, range(8))
     assert opt.steps == 800
     np.testing.assert_array_equal(params, np.full(1000, -400.0))
 

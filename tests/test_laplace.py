@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastad as fa
-from conftest import assert_close_rel
+from conftest import assert_close_rel, errors_in_threads
 
 
 def tanh_net(K, dtype=np.float64, seed=0):
@@ -528,32 +528,23 @@ def test_fit_memory_does_not_grow_with_n(hessian, subset, curvature):
 def test_methods_from_several_threads_agree_with_one():
     """fit, predict, the marginal likelihood and sampling from 8 threads at once give what one
     thread gives (each thread has its own buffers; a fit replaces the state whole)."""
-    import threading
     model = tanh_net(3)
     X, Y = data("classification", 3, n=200)
     la = fa.Laplace(model, "classification", hessian="kron").fit(X, Y)
     Xs = np.random.default_rng(1).normal(size=(300, 3))
     want = (la.predict(Xs), la.log_marginal_likelihood(), la.sample(5, seed=2),
             la.functional_variance(Xs))
-    errors = []
 
     def work(i):
-        try:
-            for _ in range(5):
-                if i % 4 == 0:
-                    la.fit(X, Y)
-                got = (la.predict(Xs), la.log_marginal_likelihood(), la.sample(5, seed=2),
-                       la.functional_variance(Xs))
-                for g, w in zip(got, want):
-                    assert np.allclose(g, w, rtol=1e-12, atol=0), i
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(5):
+            if i % 4 == 0:
+                la.fit(X, Y)
+            got = (la.predict(Xs), la.log_marginal_likelihood(), la.sample(5, seed=2),
+                   la.functional_variance(Xs))
+            for g, w in zip(got, want):
+                assert np.allclose(g, w, rtol=1e-12, atol=0), i
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = errors_in_threads(work, range(8))
     assert not errors, errors
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastad as fa
+from conftest import errors_in_threads
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -144,23 +145,14 @@ def test_fa_save_from_several_threads_leaves_one_whole_file(tmp_path):
     """Eight threads saving different models to one path: every save is atomic (a temporary
     file renamed over the target), so the file is always one of the models, whole, and no
     temporary file is left."""
-    import threading
     models = [fa.Chain(fa.Dense(2, 3, "tanh"), fa.Dense(3, 1), seed=s) for s in range(8)]
     path = tmp_path / "net.npz"
-    errors = []
 
     def save(m):
-        try:
-            for _ in range(5):
-                fa.save(m, path)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(5):
+            fa.save(m, path)
 
-    threads = [threading.Thread(target=save, args=(m,)) for m in models]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = errors_in_threads(save, models)
     assert not errors, errors
     loaded = fa.load(path)
     assert any(np.array_equal(loaded.params, m.params) for m in models)
