@@ -333,3 +333,31 @@ def test_ctrl_c_stops_a_computation_on_a_cluster_and_the_client_still_works():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:-1] == ["KeyboardInterrupt True", "next call True"], r.stdout
+
+
+def test_a_sum_too_large_for_memory_raises_memory_error_and_the_client_survives(client):
+    """A full Fisher of 800,000 parameters would be 5 TB: MemoryError from the worker's
+    partial sum, on the cluster and (in a subprocess, where a crash could not take pytest
+    down) on local threads; afterwards both still compute."""
+    wide = fa.Chain(fa.Dense(1, 400_000), seed=0)
+    X = da.ones((4, 1), chunks=2)
+    with pytest.raises(MemoryError):
+        fd.fisher(wide, X)
+    model = _model(K=1)
+    x = np.ones((5, 4))
+    assert abs(fd.value_and_grad(model, da.from_array(x, chunks=2))[0]
+               - model.value_and_grad(x)[0]) <= REL * abs(model.value_and_grad(x)[0])
+    code = textwrap.dedent("""
+        import dask, dask.array as da, numpy as np, fastad as fa, fastad.dask as fd
+        with dask.config.set(scheduler="threads"):
+            try:
+                fd.fisher(fa.Chain(fa.Dense(1, 400_000), seed=0), da.ones((4, 1), chunks=2))
+                print("no error")
+            except MemoryError:
+                print("MemoryError")
+            m = fa.Chain(fa.Dense(2, 1), seed=0)
+            print(fd.fisher(m, da.ones((4, 2), chunks=2)).shape)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == ["MemoryError", "(3, 3)"], r.stdout
