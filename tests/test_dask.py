@@ -3,6 +3,7 @@ and fastad.dask's sums over row chunks equal the single-process methods, on a re
 LocalCluster and on Dask's local threads; a killed worker's work is redone; Ctrl-C stops a
 computation. (Pickling itself: test_pickle.py.)"""
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -180,17 +181,26 @@ def test_the_default_local_scheduler_gives_the_same_sums(local_threads):
 
 
 def test_calls_from_several_threads_at_once(local_threads):
+    """Eight threads at once, two on each of fastad.dask's functions and on pickling the
+    shared model: every result equals the one computed alone."""
     model = _model()
     X, Y = _data(200)
-    Xd = da.from_array(X, chunks=(9, 4))
-    want = model.fisher(X, Y["mse"], loss="mse")
-    results = [None] * 4
+    Xd, y = da.from_array(X, chunks=(9, 4)), Y["mse"]
+    calls = [
+        (lambda: fd.fisher(model, Xd, y, loss="mse"), model.fisher(X, y, loss="mse")),
+        (lambda: fd.value_and_grad(model, Xd, y, loss="mse")[1],
+         model.value_and_grad(X, y, loss="mse")[1]),
+        (lambda: fd.per_sample_grad_norms(model, Xd, y, loss="mse").compute(),
+         model.per_sample_grad_norms(X, y, loss="mse")),
+        (lambda: pickle.loads(pickle.dumps(model))(X), model(X)),
+    ]
+    results = [None] * 8
 
     def work(i):
-        results[i] = fd.fisher(model, Xd, Y["mse"], loss="mse")
-    assert not errors_in_threads(work, range(4))
-    for r in results:
-        assert_close_rel(r, want, REL, "threads")
+        results[i] = calls[i % 4][0]()
+    assert not errors_in_threads(work, range(8))
+    for i, r in enumerate(results):
+        assert_close_rel(r, calls[i % 4][1], REL, f"call {i % 4}")
 
 
 # Bad input: clear errors before anything runs -------------------------------------------------
