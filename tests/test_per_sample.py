@@ -1,4 +1,6 @@
 """Per-sample gradients from one batched pass, against a loop of single-sample gradients."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,22 @@ def test_seed_002_model_and_no_allocation():
     # The mean of per-sample gradients is the batch gradient of the mean loss.
     _, g = model.value_and_grad(X, Y, loss="mse")
     assert_close_rel(G.mean(axis=0), g, 1e-5)
+
+
+@pytest.mark.parametrize("n", [5, 3000])
+def test_gradient_on_the_same_program_after_per_sample_gradients(n):
+    # Per-sample replays leave the parameters' summed gradient out of the reverse sweep: the
+    # next gradient on the same compiled program (untiled at 5 rows, tiled at 3000) must not
+    # read anything they left behind.
+    rng = np.random.default_rng(4)
+    model = fa.Chain(fa.Dense(3, 8, "tanh"), fa.Dense(8, 2), seed=2)
+    X, Y = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+    _, want = copy.deepcopy(model).value_and_grad(X, Y, loss="mse")
+    for _ in range(2):
+        G = model.per_sample_grads(X, Y, loss="mse")
+        _, got = model.value_and_grad(X, Y, loss="mse")
+        assert_close_rel(got, want, 1e-12)
+        assert_close_rel(G.mean(axis=0), want, 1e-10)
 
 
 def test_deep_model_allocates_nothing_after_the_first_call():

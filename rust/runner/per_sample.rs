@@ -62,11 +62,12 @@ pub fn per_sample_grad<T: Float>(
                     let (u, v) = (&u[r.start * lu..r.end * lu], &v[r.start * lv..r.end * lv]);
                     dispatch(
                         #[inline(always)]
-                        || {
-                            let samples = g.chunks_exact_mut(p).zip(u.chunks_exact(lu));
-                            for ((g, u), v) in samples.zip(v.chunks_exact(lv)) {
-                                let g = &mut g[offset..offset + lu * lv];
-                                outer_rows(g, scale, u, v, !assign);
+                        || match assign {
+                            true => {
+                                outer_into_rows::<T, false>(g, p, offset, scale, (u, lu), (v, lv))
+                            }
+                            false => {
+                                outer_into_rows::<T, true>(g, p, offset, scale, (u, lu), (v, lv))
                             }
                         },
                     )
@@ -76,10 +77,9 @@ pub fn per_sample_grad<T: Float>(
                     let d = &adjoints[step][r.start * n..r.end * n];
                     dispatch(
                         #[inline(always)]
-                        || {
-                            for (g, d) in g.chunks_exact_mut(p).zip(d.chunks_exact(n)) {
-                                scaled_into(&mut g[offset..offset + n], scale, d, !assign);
-                            }
+                        || match assign {
+                            true => scaled_into_rows::<T, false>(g, p, offset, scale, (d, n)),
+                            false => scaled_into_rows::<T, true>(g, p, offset, scale, (d, n)),
                         },
                     )
                 }
@@ -90,9 +90,45 @@ pub fn per_sample_grad<T: Float>(
     Ok(loss)
 }
 
+/// For each row b of `g` (rows of `p`): its elements `offset..` + lu·lv = scale·u_b v_bᵀ, with u_b
+/// and v_b row b of `u` (rows of lu) and of `v`; added with `ACC`. `ACC` is a constant so the
+/// loop carries no test per row: rows are short (a layer's 32 units), and per-row bookkeeping,
+/// not arithmetic, is what these loops cost. Inline it into a `simd::dispatch` closure.
+#[inline(always)]
+fn outer_into_rows<T: Float, const ACC: bool>(
+    g: &mut [T],
+    p: usize,
+    offset: usize,
+    scale: T,
+    (u, lu): (&[T], usize),
+    (v, lv): (&[T], usize),
+) {
+    let samples = g.chunks_exact_mut(p).zip(u.chunks_exact(lu));
+    for ((g, u), v) in samples.zip(v.chunks_exact(lv)) {
+        outer_rows(&mut g[offset..offset + lu * lv], scale, u, v, ACC);
+    }
+}
+
+/// As `outer_into_rows` for a bias: elements `offset..` + n of row b = scale·d_b.
+#[inline(always)]
+fn scaled_into_rows<T: Float, const ACC: bool>(
+    g: &mut [T],
+    p: usize,
+    offset: usize,
+    scale: T,
+    (d, n): (&[T], usize),
+) {
+    for (g, d) in g.chunks_exact_mut(p).zip(d.chunks_exact(n)) {
+        scaled_into(&mut g[offset..offset + n], scale, d, ACC);
+    }
+}
+
 /// The batch's forward and reverse sweep, untiled (each product's adjoint rows are needed whole),
 /// seeded with ones: every row's adjoints belong to its own sample's loss term (times 1/N for a
-/// mean). Returns the loss, or the sum of the per-sample losses.
+/// mean). The parameters' summed gradient is not computed: the callers read only the batched
+/// steps' values and adjoints (a per-sample plan reads the parameters only as layers' weights
+/// and biases, which are steps before the batch). Returns the loss, or the sum of the
+/// per-sample losses.
 pub(crate) fn seeded_sweeps<T: Float>(
     plan: &Plan<T>,
     whole: &mut Whole<T>,
@@ -100,6 +136,6 @@ pub(crate) fn seeded_sweeps<T: Float>(
     batch: usize,
 ) -> Result<T> {
     whole.forward(plan, args, batch)?;
-    whole.backward(plan, args, batch, Seed::Ones)?;
+    whole.backward_batched_only(plan, args, batch, Seed::Ones)?;
     Ok(whole.output_sum(plan, args, batch))
 }

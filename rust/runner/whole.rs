@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::interrupt::Pacer;
 use crate::ir::Op;
+use crate::plan::step::Phase;
 use crate::plan::Plan;
 use crate::runner::mode::Seed;
 use crate::runner::workspace::GemmWorkspace;
@@ -148,8 +149,33 @@ impl<T: Float> Whole<T> {
         batch: usize,
         seed: Seed<T>,
     ) -> Result<()> {
+        self.reverse(plan, args, batch, seed, true)
+    }
+
+    /// `backward` without the adjoints of the steps before the batch (`Phase::Pre`: the
+    /// parameters and their slices), which the per-sample runners never read: the layers'
+    /// summed weight and bias gradients are not computed at all.
+    pub(crate) fn backward_batched_only(
+        &mut self,
+        plan: &Plan<T>,
+        args: &[&[T]],
+        batch: usize,
+        seed: Seed<T>,
+    ) -> Result<()> {
+        self.reverse(plan, args, batch, seed, false)
+    }
+
+    fn reverse(
+        &mut self,
+        plan: &Plan<T>,
+        args: &[&[T]],
+        batch: usize,
+        seed: Seed<T>,
+        pre_adjoints: bool,
+    ) -> Result<()> {
         for (s, adj) in plan.steps.iter().zip(self.adjoints.iter_mut()) {
-            if s.needs_grad && !s.first_write {
+            let wanted = pre_adjoints || s.phase != Phase::Pre;
+            if s.needs_grad && !s.first_write && wanted {
                 adj[..s.shape.len(batch)].fill(T::zero());
             }
         }
@@ -162,7 +188,10 @@ impl<T: Float> Whole<T> {
             Seed::Cotangent(c) => seeded.copy_from_slice(c),
             Seed::Ones => seeded.fill(T::one()),
         }
-        let frame = Frame::new(&plan.steps, args, batch);
+        let frame = Frame {
+            pre_adjoints,
+            ..Frame::new(&plan.steps, args, batch)
+        };
         let mut pacer = Pacer::default();
         for i in (0..plan.steps.len()).rev() {
             if plan.steps[i].needs_grad {
