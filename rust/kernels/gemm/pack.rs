@@ -48,8 +48,9 @@ pub unsafe fn pack<T: Copy + Default>(
         let live = width.min(rows - r0);
         let out = &mut dst[s * width * depth..(s + 1) * width * depth];
         let at = |i: usize, p: usize| *src.ptr.add((r0 + i) * src.row_stride + p * src.col_stride);
-        if src.col_stride == 1 && live == width && interleave_rows(src.at(r0, 0), depth, out) {
-            // Rows are contiguous: done by `interleave_rows`.
+        let rows_contiguous = src.col_stride == 1 && live == width;
+        if rows_contiguous && interleave_rows(src.at(r0, 0), width, depth, out) {
+            // Done, all the rows read at once.
         } else if src.row_stride == 1 && live == width {
             // Columns are contiguous: copy runs of `width`.
             for p in 0..depth {
@@ -74,13 +75,18 @@ pub unsafe fn pack<T: Copy + Default>(
 }
 
 /// Packs one full sliver whose rows are contiguous (col_stride 1): for each column p, the
-/// `out.len() / depth` rows' elements p side by side. Reading all the rows at once writes `out`
+/// `width` rows' elements p side by side. Reading all the rows at once writes `out`
 /// in order, and a constant width lets the compiler transpose in registers. (The general loop
 /// walks one row at a time, writing with a stride: packing so took 5.7% of a 1024³ f32
 /// product's time on AVX2, against 3.5% here.) False for a width without a specialised loop.
 #[inline]
-unsafe fn interleave_rows<T: Copy>(src: View<T>, depth: usize, out: &mut [T]) -> bool {
-    match out.len() / depth {
+unsafe fn interleave_rows<T: Copy>(
+    src: View<T>,
+    width: usize,
+    depth: usize,
+    out: &mut [T],
+) -> bool {
+    match width {
         4 => interleave::<T, 4>(src, depth, out),
         6 => interleave::<T, 6>(src, depth, out),
         8 => interleave::<T, 8>(src, depth, out),
