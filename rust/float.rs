@@ -21,6 +21,8 @@ pub trait Float:
     /// e^x by `kernels::vmath`: vectorises in a loop, unlike `exp` (a libm call). `FMA` as in
     /// `vmath::madd` (`with_fma!` chooses it).
     fn vexp<const FMA: bool>(self) -> Self;
+    /// e^−|x| by `kernels::vmath`, likewise: cheaper than `vexp` (sigmoid's and softplus's).
+    fn vexp_neg_abs<const FMA: bool>(self) -> Self;
     /// tanh by `kernels::vmath`, likewise.
     fn vtanh<const FMA: bool>(self) -> Self;
 }
@@ -38,6 +40,10 @@ impl Float for f32 {
     #[inline(always)]
     fn vexp<const FMA: bool>(self) -> Self {
         crate::kernels::vmath::exp_f32::<FMA>(self)
+    }
+    #[inline(always)]
+    fn vexp_neg_abs<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::exp_neg_abs_f32::<FMA>(self)
     }
     #[inline(always)]
     fn vtanh<const FMA: bool>(self) -> Self {
@@ -58,6 +64,10 @@ impl Float for f64 {
     #[inline(always)]
     fn vexp<const FMA: bool>(self) -> Self {
         crate::kernels::vmath::exp_f64::<FMA>(self)
+    }
+    #[inline(always)]
+    fn vexp_neg_abs<const FMA: bool>(self) -> Self {
+        crate::kernels::vmath::exp_neg_abs_f64::<FMA>(self)
     }
     #[inline(always)]
     fn vtanh<const FMA: bool>(self) -> Self {
