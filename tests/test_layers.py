@@ -356,6 +356,38 @@ def test_bad_input_gives_clear_errors():
         model.vjp(np.zeros((4, 3)), np.zeros((4, 3)))
 
 
+def test_target_checks_hold_after_a_successful_call():
+    """The loss methods keep what checking the targets decided per (loss, l2, Y's columns): a
+    later call with other targets is still checked, and (N,) targets of a one-output model
+    are still read as (N, 1)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6, 3))
+    model = fa.Chain(fa.Dense(3, 4, "tanh"), fa.Dense(4, 1), seed=0)
+    y = rng.standard_normal(6)
+    for loss in ("mse", "sse"):
+        column = model.value_and_grad(X, y[:, None], loss=loss)
+        for targets in (y, list(y), y[:, None]):  # the second call of each kind hits the cache
+            for _ in range(2):
+                value, grad = model.value_and_grad(X, targets, loss=loss)
+                assert value == column[0] and np.array_equal(grad, column[1])
+        with pytest.raises(ValueError, match=r"needs targets Y of shape \(N, 1\).*\(6, 2\)"):
+            model.value_and_grad(X, np.zeros((6, 2)), loss=loss)
+        with pytest.raises(ValueError, match=r"targets Y must have 6 rows like X; got shape \(5,\)"):
+            model.value_and_grad(X, y[:5], loss=loss)
+        with pytest.raises(ValueError, match=r"targets Y must have 6 rows like X; got shape \(6, 1, 1\)"):
+            model.value_and_grad(X, y[:, None, None], loss=loss)
+    wide = fa.Chain(fa.Dense(3, 2), seed=0)
+    wide.per_sample_grads(X, np.zeros((6, 2)), loss="mse")
+    with pytest.raises(ValueError, match=r"'mse' needs targets Y of shape \(N, 2\).*got shape \(6,\)"):
+        wide.per_sample_grads(X, np.zeros(6), loss="mse")
+    with pytest.raises(ValueError, match=r"'mse' needs targets Y.*call with \(X, Y\)"):
+        wide.per_sample_grads(X, loss="mse")
+    # A different l2 is another program, not the cached one.
+    base = wide.loss(X, np.ones((6, 2)), loss="mse")
+    assert wide.loss(X, np.ones((6, 2)), loss="mse", l2=0.5) == pytest.approx(
+        base + 0.5 * 0.25 * np.sum(wide.params.astype(np.float64) ** 2))
+
+
 def test_traced_slices_of_a_flat_vector():
     f = fa.compile(lambda p: fa.sum(p[1:4] * p[2:5]), fa.spec((6,)))
     p = np.arange(1.0, 7.0)

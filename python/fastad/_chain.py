@@ -66,6 +66,8 @@ class Chain:
             layer._bind(self._params, offset, rng, init)
             offset += layer.n_params
         self._programs: Dict[Any, Any] = {}
+        self._loss_calls: Dict[Any, Any] = {}  # see `_loss_call`
+        self._in_features = layers[0].in_features  # read on every call
         # Reused tile buffers of the curvature methods, one set per thread: calls from several
         # threads at once must not share them.
         self._scratch = threading.local()
@@ -118,7 +120,7 @@ class Chain:
         if not isinstance(X, np.ndarray):
             X = np.asarray(X)
         shape = X.shape
-        if len(shape) != 2 or shape[1] != self.in_features:  # inline: every call passes here
+        if len(shape) != 2 or shape[1] != self._in_features:  # inline: every call passes here
             self._check_x_shape(shape)
         return X
 
@@ -179,15 +181,33 @@ class Chain:
 
         return self._program(key, build)
 
-    def _loss_args(self, X: Any, Y: Any, loss: Loss):
-        """The arguments of the loss program, (params, X[, Y]), and Y as `loss` takes it."""
+    def _loss_call(self, X: Any, Y: Any, loss: Loss, l2: float):
+        """The loss program of `loss` and `l2`, and its arguments (params, X[, Y]) checked, with Y
+        as the loss takes it. The per-call path of every loss method: what checking the targets
+        decided for a (loss, l2, Y's columns) is kept, so a repeated call compares shapes only."""
         X = self._x(X)
-        if Y is not None:
-            Y = np.asarray(Y)
-            if Y.ndim not in (1, 2) or Y.shape[0] != X.shape[0]:  # inline, as in `_x`
-                self._check_y_rows(Y.shape, X.shape[0])
-        Y = resolve(loss).check_targets(Y, self.out_features)
-        return ((self._params, X) if Y is None else (self._params, X, Y)), Y
+        if Y is None:
+            key = (loss, l2, None)
+        else:
+            if not isinstance(Y, np.ndarray):
+                Y = np.asarray(Y)
+            shape = Y.shape
+            if len(shape) not in (1, 2) or shape[0] != X.shape[0]:  # inline, as in `_x`
+                self._check_y_rows(shape, X.shape[0])
+            key = (loss, l2, shape[1] if len(shape) == 2 else ())
+        call = self._loss_calls.get(key)
+        if call is None:
+            call = self._loss_calls[key] = self._new_loss_call(Y, loss, l2)
+        prog, as_column = call
+        if Y is None:
+            return prog, (self._params, X)
+        return prog, (self._params, X, Y.reshape(-1, 1) if as_column else Y)
+
+    def _new_loss_call(self, Y: Optional[np.ndarray], loss: Loss, l2: float):
+        """(program, whether Y (N,) is passed as (N, 1)) for `_loss_call`; raises for targets the
+        loss does not take."""
+        taken = resolve(loss).check_targets(Y, self.out_features)
+        return self._loss_program(loss, taken, l2), taken is not Y
 
     def loss(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0) -> float:
         """The loss of the network's outputs on X (against targets Y, when the loss takes them).
@@ -197,21 +217,21 @@ class Chain:
         function ``loss(pred, Y)`` (``loss(pred)`` without Y). `l2` = λ adds ½·λ²·Σθ² (the weight
         penalty of seed 002).
         """
-        args, Y = self._loss_args(X, Y, loss)
-        return self._loss_program(loss, Y, l2)(*args)
+        prog, args = self._loss_call(X, Y, loss, l2)
+        return prog(*args)
 
     def value_and_grad(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0,
                        out: Optional[np.ndarray] = None) -> Union[float, Tuple[float, np.ndarray]]:
         """The loss (see `loss`) and its gradient with respect to ``params``: writes the gradient
         into `out` (P,) and returns the value, or returns ``(value, gradient)`` without `out`."""
-        args, Y = self._loss_args(X, Y, loss)
-        return self._loss_program(loss, Y, l2).value_and_grad(*args, out=out)
+        prog, args = self._loss_call(X, Y, loss, l2)
+        return prog.value_and_grad(*args, out=out)
 
     def grad(self, X: Any, Y: Any = None, *, loss: Loss = "sse", l2: float = 0.0,
              out: Optional[np.ndarray] = None) -> np.ndarray:
         """The gradient of the loss (see `loss`) with respect to ``params``, (P,)."""
-        args, Y = self._loss_args(X, Y, loss)
-        return self._loss_program(loss, Y, l2).grad(*args, out=out)
+        prog, args = self._loss_call(X, Y, loss, l2)
+        return prog.grad(*args, out=out)
 
     def per_sample_grads(self, X: Any, Y: Any = None, *, loss: Loss = "sse",
                          out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -219,8 +239,8 @@ class Chain:
         b's own loss, ``loss(model(X[b:b+1]), Y[b:b+1])``, from one batched forward and reverse
         pass (each layer's closed form: weight δ_b a_bᵀ, bias δ_b). `loss` as in `loss`; a
         custom loss must be a sum or mean of per-sample terms."""
-        args, Y = self._loss_args(X, Y, loss)
-        return self._loss_program(loss, Y, 0.0).per_sample_grad(*args, out=out)
+        prog, args = self._loss_call(X, Y, loss, 0.0)
+        return prog.per_sample_grad(*args, out=out)
 
     def vjp(self, X: Any, cotangent: Any, *, wrt: str = "params",
             out: Optional[np.ndarray] = None) -> np.ndarray:

@@ -172,12 +172,18 @@ def _checked(model: Any, X: Any, Y: Any, loss: Any, kind: str):
             f"the built-in losses {sorted(LOSSES)}; got {loss!r}. kind='empirical' takes any "
             f"loss that is a sum or mean of per-sample terms"
         )
-    args, Y = model._loss_args(X, Y, loss)
-    X = args[1]
+    X, Y, prog = checked_data(model, X, Y, loss)
+    return X, Y, prog, factor
+
+
+def checked_data(model: Any, X: Any, Y: Any, loss: Any):
+    """X and Y checked for `loss` (class labels' values too), Y as the loss takes it, and the
+    loss program: every check up front, before any work."""
+    prog, args = model._loss_call(X, Y, loss, 0.0)
+    X, Y = args[1], (args[2] if len(args) == 3 else None)
     if Y is not None and Y.ndim == 1 and resolve(loss).targets == "labels":
         _check_labels(Y, model.out_features)  # here, so errors name rows of Y, not of a tile
-    prog = model._loss_program(loss, Y, 0.0)  # checks the loss and targets up front
-    return X, Y, prog, factor
+    return X, Y, prog
 
 
 def _factor_rows(model: Any, X: np.ndarray, Y: Any, factor: Any, n: int):

@@ -17,10 +17,10 @@ import numpy as np
 
 from . import _posterior
 from ._compile import compile, spec
-from ._curvature import _check_labels, _factor_outs, kron_shapes, seeded_program
+from ._curvature import _factor_outs, checked_data, kron_shapes, seeded_program
 from ._dense import Dense
 from ._fastad import dense_layers, layer_rows
-from ._losses import resolve, unit_rows
+from ._losses import unit_rows
 
 _LIKELIHOODS = ("regression", "classification")
 _SUBSETS = ("all", "last_layer")
@@ -257,10 +257,7 @@ class Laplace:
         model, loss = self.model, self._loss
         dask = _is_dask(X) or _is_dask(Y)
         if not dask:
-            args, Y = model._loss_args(X, Y, loss)
-            X = args[1]
-            if Y is not None and Y.ndim == 1 and resolve(loss).targets == "labels":
-                _check_labels(Y, model.out_features)
+            X, Y, _ = checked_data(model, X, Y, loss)
         with self._lock:
             theta = model.params.copy()
             net, features = self._net(theta)

@@ -22,11 +22,9 @@ def fit(model: Any, X: Any, Y: Any = None, *, loss: Any = "sse",
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {callback!r}")
     opt = _optim.optional(optimizer)
-    args, Yc = model._loss_args(X, Y, loss)
+    prog, args = model._loss_call(X, Y, loss, l2)
     X = np.ascontiguousarray(args[1], model.dtype)  # converted once, not per epoch
-    if Yc is not None:
-        Yc = np.ascontiguousarray(Yc, model.dtype)
-    prog = model._loss_program(loss, Yc, l2)
+    Yc = np.ascontiguousarray(args[2], model.dtype) if len(args) == 3 else None
     losses = np.full(int(epochs), np.nan)
 
     completed = 0  # epochs whose loss is in `losses`
