@@ -104,8 +104,25 @@ fn outer_into_rows<T: Float, const ACC: bool>(
     (v, lv): (&[T], usize),
 ) {
     let samples = g.chunks_exact_mut(p).zip(u.chunks_exact(lu));
-    for ((g, u), v) in samples.zip(v.chunks_exact(lv)) {
-        outer_rows(&mut g[offset..offset + lu * lv], scale, u, v, ACC);
+    let samples = samples.zip(v.chunks_exact(lv));
+    // The shape is matched once, not per row: a layer with one input or one output (seed 002's
+    // both) writes each row as one scaled copy.
+    match (lu, lv) {
+        (_, 1) => {
+            for ((g, u), v) in samples {
+                scaled_into(&mut g[offset..offset + lu], scale * v[0], u, ACC);
+            }
+        }
+        (1, _) => {
+            for ((g, u), v) in samples {
+                scaled_into(&mut g[offset..offset + lv], scale * u[0], v, ACC);
+            }
+        }
+        _ => {
+            for ((g, u), v) in samples {
+                outer_rows(&mut g[offset..offset + lu * lv], scale, u, v, ACC);
+            }
+        }
     }
 }
 
