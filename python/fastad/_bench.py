@@ -3,6 +3,7 @@ installed), all measured in the same run. Used by ``python -m fastad`` and ``ben
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import timeit
 from typing import Callable, List, Optional, Tuple
@@ -575,12 +576,33 @@ def _table(title: str, rows: List[Tuple[str, float]], base: str) -> None:
     print()
 
 
+def _cpu_name() -> str:
+    """The CPU's name, with its family and model numbers where Linux gives them: a virtual
+    machine may name only the vendor ("AMD EPYC"), and the numbers tell the generation (family
+    23 model 1 is a first Zen, whose 256-bit vector instructions run as two 128-bit halves)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "this CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def run(peers: bool = True, sizes: Optional[List[int]] = None,
         fisher_n: Optional[int] = None) -> None:
     """Prints the seed workloads' table: median time per call and ratios, peers in the same run."""
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    print(f"fastad {fa.__version__} — {fa.instruction_set()} kernels, {fa.get_num_threads()} "
-          f"threads (NumPy's BLAS: {blas or 'its default'} threads); medians\n")
+    print(f"fastad {fa.__version__} — {fa.instruction_set()} kernels on {_cpu_name()}, "
+          f"{fa.get_num_threads()} threads (NumPy's BLAS: {blas or 'its default'} threads); "
+          f"medians\n")
     for n in sizes or [100, 10_000]:
         _table(f"Seed 003, EAM f(x) = ρ² + ρ³ + ρ⁴/4, x ∈ R^{n}, float64", eam_rows(n, peers),
                "÷ NumPy value")
