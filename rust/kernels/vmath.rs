@@ -328,7 +328,7 @@ mod tests {
         let libm32 = |x: f64| ((-x.abs()).exp() as f32) as f64;
         check(exp_neg_abs_f32::<false>, libm32, &xs32, 2.5e-7, 3e-45);
         check(exp_neg_abs_f32::<true>, libm32, &xs32, 2.5e-7, 3e-45);
-        // The same function as the general exp of −|x|, where that one's reduction is the same.
+        // Bit for bit the general exp of −|x|: the same reduction, and one rounding either way.
         for &x in &xs32 {
             let (a, b) = (exp_neg_abs_f32::<true>(x), exp_f32::<true>(-x.abs()));
             assert!(
