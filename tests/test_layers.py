@@ -388,6 +388,27 @@ def test_target_checks_hold_after_a_successful_call():
         base + 0.5 * 0.25 * np.sum(wide.params.astype(np.float64) ** 2))
 
 
+def test_l2_must_be_a_finite_real_number():
+    """A string, None or a list is a TypeError naming l2, NaN or ±inf a ValueError, before
+    anything is compiled (a NaN key would miss the program caches on every call and grow them);
+    ints and NumPy scalars are the same penalty as the float."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((5, 3)), rng.standard_normal((5, 1))
+    model = fa.Chain(fa.Dense(3, 4, "tanh"), fa.Dense(4, 1), seed=0)
+    for bad in ("0.5", None, [1.0], np.ones(2)):
+        with pytest.raises(TypeError, match=r"l2 must be a real number, got"):
+            model.value_and_grad(X, Y, l2=bad)
+    for bad in (float("nan"), float("inf"), -np.inf, np.float32("nan")):
+        with pytest.raises(ValueError, match=r"l2 must be finite, got"):
+            model.loss(X, Y, l2=bad)
+        with pytest.raises(ValueError, match=r"l2 must be finite"):
+            model.fit(X, Y, epochs=1, l2=bad)
+    assert not model._programs and not model._loss_calls
+    penalty = 0.5 * 4.0 * np.sum(model.params ** 2)
+    for l2 in (2, 2.0, np.float32(2), np.int64(2)):
+        assert model.loss(X, Y, l2=l2) == pytest.approx(model.loss(X, Y) + penalty, rel=1e-12)
+
+
 def test_traced_slices_of_a_flat_vector():
     f = fa.compile(lambda p: fa.sum(p[1:4] * p[2:5]), fa.spec((6,)))
     p = np.arange(1.0, 7.0)

@@ -10,6 +10,8 @@ methods here hand over to them.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import pickle
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -186,6 +188,8 @@ class Chain:
         as the loss takes it. The per-call path of every loss method: what checking the targets
         decided for a (loss, l2, Y's columns) is kept, so a repeated call compares shapes only."""
         X = self._x(X)
+        if type(l2) is not float or not math.isfinite(l2):
+            l2 = _checked_l2(l2)  # before it keys the caches: NaN would miss them on every call
         if Y is None:
             key = (loss, l2, None)
         else:
@@ -350,6 +354,15 @@ class Chain:
         """‖g_b‖ for each sample's gradient g_b (see `per_sample_grads`), (N,), streamed over
         batch tiles (the (N, P) gradients are never held)."""
         return _curvature.per_sample_grad_norms(self, X, Y, loss, out)
+
+
+def _checked_l2(l2: Any) -> float:
+    """`l2` as a float: a finite real number (an int or NumPy scalar too, not a string)."""
+    if not isinstance(l2, numbers.Real):
+        raise TypeError(f"l2 must be a real number, got {type(l2).__name__} {l2!r}")
+    if not math.isfinite(l2):
+        raise ValueError(f"l2 must be finite, got {l2!r}")
+    return float(l2)
 
 
 def load(path: Any, *, with_optimizer: bool = False) -> Union[Chain, Tuple[Chain, Optional[_optim.Optimizer]]]:
