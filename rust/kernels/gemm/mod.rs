@@ -1,9 +1,10 @@
 //! Matrix multiply: the one module the rest of the crate calls for `C (+)= op(A) op(B)`.
 //!
-//! The BLIS design: C is computed in blocks of NC columns × KC depth; each B block is packed
-//! into panels of NR columns (kept in L1 by the micro-kernel), each A block of MC rows into
-//! slivers of MR rows (kept in L2), and a register-blocked micro-kernel (microkernel.rs, chosen
-//! at run time for AVX-512, AVX2+FMA, NEON on aarch64, or none) does the MR×NR tiles. Packing
+//! The BLIS design: C is computed in blocks of NC columns × KC depth (deeper where A is read
+//! in place: `depth`); each B block is packed into panels of NR columns (kept in L1 by the
+//! micro-kernel), each A block of MC rows into slivers of MR rows (kept in L2), and a
+//! register-blocked micro-kernel (microkernel.rs, chosen at run time for AVX-512, AVX2+FMA,
+//! NEON on aarch64, or none) does the MR×NR tiles. Packing
 //! buffers come from a caller-owned workspace (`workspace_len`), so a product allocates
 //! nothing. Large products split the tiles over the thread pool; each tile is computed by one
 //! thread in a fixed order, so results do not depend on the thread count.
@@ -20,6 +21,12 @@ use crate::kernels::simd;
 
 /// Depth of a packed block (rows of B's panels, columns of A's slivers).
 const KC: usize = 256;
+/// When A is read in place, its blocks go deeper (`depth`): up to DEEP_KC, while B's block
+/// stays within DEEP_B elements (in L2).
+const DEEP_KC: usize = 1024;
+const DEEP_B: usize = 1 << 15;
+// A ragged sliver (at most 12 rows) of a DEEP_KC block fits in an A buffer (`workspace_len`).
+const _: () = assert!(12 * DEEP_KC <= MC * KC);
 /// Rows of A packed at once: a multiple of every MR (12, 6 and 4).
 const MC: usize = 120;
 /// Columns of B packed at once: a multiple of every NR (32, 16, 8 and 4).
@@ -55,11 +62,28 @@ impl<T> Operand<'_, T> {
     }
 }
 
-/// Elements of workspace a product of these sizes needs with `threads` threads.
+/// Elements of workspace a product of these sizes needs with `threads` threads: also enough
+/// for any smaller product (a ragged tile's), as it must be, although `depth` is not monotone.
 pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
-    let kc = k.min(KC);
-    let b_block = kc * m.max(n).min(NC).next_multiple_of(32);
-    b_block + threads.max(1) * MC * kc
+    // B's block, at most KC deep, or DEEP_B elements; C or Cᵀ may be computed (`gemm_at`).
+    let cols = m.max(n).min(NC).next_multiple_of(32);
+    let b_block = (k.min(KC) * cols).max((k * cols).min(DEEP_B));
+    // A's blocks, one per thread: MC × KC, or in place one ragged sliver of mr ≤ 12 rows,
+    // which DEEP_KC ≤ MC · KC / 12 keeps within that.
+    b_block + threads.max(1) * MC * k.min(KC)
+}
+
+/// The depth of the blocks of a product whose C has `n` columns, with B's panels `nr` wide.
+/// Where A's slivers meet too few panels to be worth packing, A is read in place, its rows
+/// streaming from memory, and rows cut into pieces of KC elements (16 cache lines in f32)
+/// stream slower than longer ones: 10000×1000×20 on 2 threads, 9.8 → 7.6 ms in f32 and
+/// 14.8 → 12.1 in f64 with a depth of 1000 against 256 (AVX2; benches/GEMM.md).
+fn depth(n: usize, k: usize, nr: usize) -> usize {
+    let nc = n.min(NC);
+    if nc.div_ceil(nr) > REUSE_TO_PACK {
+        return k.min(KC);
+    }
+    k.min((DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC))
 }
 
 /// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
@@ -288,10 +312,11 @@ pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) 
     let nr = T::tile_shape(simd::level()).1;
     assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
     let view = b.view(k, n);
+    let kc_max = depth(n, k, nr).max(1); // as `Problem::run` reads it; k = 0 packs nothing
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
             let at = jc * k + pc * nc.next_multiple_of(nr);
             // SAFETY: the view covers b.data, checked above.
             unsafe { pack(view.at(pc, jc).transposed(), nc, kc, nr, &mut dst[at..]) };
@@ -379,9 +404,9 @@ unsafe impl<T: Sync> Sync for Problem<T> {}
 impl<T: Float> Problem<T> {
     unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let kc_max = k.min(KC);
+        let kc_max = depth(n, k, nr);
         let b_len = kc_max * n.min(NC).next_multiple_of(nr);
-        let a_len = MC * kc_max;
+        let a_len = MC * k.min(KC); // see `workspace_len`
         assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
         let threads = if m * n * k >= PARALLEL_MIN_WORK {
             crate::parallel::num_threads().min((ws.len() - b_len) / a_len)
@@ -413,8 +438,8 @@ impl<T: Float> Problem<T> {
             let nc = NC.min(n - jc);
             let panels = nc.div_ceil(nr);
             let pack_a = panels > REUSE_TO_PACK;
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            for pc in (0..k).step_by(kc_max.max(1)) {
+                let kc = kc_max.min(k - pc);
                 let b_block = &mut b_pack[..kc * nc.next_multiple_of(nr)];
                 let b_block: &[T] = if !prepacked.is_null() {
                     // SAFETY: `pack_whole_b` laid out every block, at this offset.
@@ -727,6 +752,9 @@ mod tests {
         (300, 1, 37),
         // A B block large enough for the threads to pack it together (ragged last panel).
         (30, 700, 300),
+        // Narrow C, A read in place: blocks deeper than KC, the last one ragged.
+        (45, 20, 2100),
+        (31, 9, 1300),
     ];
 
     #[test]
@@ -751,6 +779,36 @@ mod tests {
         ] {
             for threads in [1, 2] {
                 check::<f32>(m, n, k, threads, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn a_workspace_holds_every_product_no_larger() {
+        // `depth` goes deeper for narrow C, so a smaller product (a ragged tile's) may use a
+        // deeper B block: the bound must still hold it, whichever way round C is computed and
+        // whatever the panels' width.
+        let dims = [1, 4, 8, 9, 16, 20, 31, 32, 33, 64, 65, 128, 129, 300, 1100];
+        let depths = [1, 100, 256, 257, 1000, 1024, 1025, 3000];
+        let mut grid = vec![];
+        for m in dims {
+            for n in dims {
+                grid.extend(depths.map(|k| (m, n, k)));
+            }
+        }
+        for &(m, n, k) in &grid {
+            let room = workspace_len(m, n, k, 1);
+            for &(m2, n2, k2) in grid.iter().filter(|&&(a, b, c)| a <= m && b <= n && c <= k) {
+                for nr in [4, 8, 16, 32] {
+                    for cols in [n2, m2] {
+                        let b_block = depth(cols, k2, nr) * cols.min(NC).next_multiple_of(nr);
+                        let need = b_block + MC * k2.min(KC);
+                        assert!(
+                            need <= room,
+                            "{m2}x{n2}x{k2} (nr {nr}, {cols} columns) needs {need} > {room} of {m}x{n}x{k}"
+                        );
+                    }
+                }
             }
         }
     }
