@@ -35,6 +35,9 @@ pub trait GemmKernel:
 {
     /// (MR, NR) of the kernel `tile` runs at this level.
     fn tile_shape(level: Level) -> (usize, usize);
+    /// The columns `tile` computes for a tile of `cols` ≤ NR live ones: NR, or the width of
+    /// the narrower edge kernel it runs (NR/2, or NR/4 on AVX2).
+    fn edge_cols(level: Level, cols: usize) -> usize;
     /// # Safety
     /// `src` must address MR×kc elements of A and kc×NR of B; `dest` must be valid for its
     /// rows × cols.
@@ -317,17 +320,27 @@ macro_rules! impl_kernel {
                     Level::Baseline => PORTABLE,
                 }
             }
+            fn edge_cols(level: Level, cols: usize) -> usize {
+                let nr = Self::tile_shape(level).1;
+                match level {
+                    Level::Baseline => nr,
+                    Level::Avx2 if cols <= nr / 4 => nr / 4,
+                    _ if cols <= nr / 2 => nr / 2,
+                    _ => nr,
+                }
+            }
             #[inline]
             unsafe fn tile(level: Level, kc: usize, s: Src<Self>, d: Dest<Self>) {
                 let nr = Self::tile_shape(level).1;
+                let width = Self::edge_cols(level, d.cols);
                 #[cfg(target_arch = "x86_64")]
-                if level == Level::Avx2 && d.cols <= nr / 4 {
+                if level == Level::Avx2 && width == nr / 4 {
                     return match s.a_row == 1 {
                         true => $avx2_quarter::<true, 1>(kc, s, d),
                         false => $avx2_quarter::<false, 1>(kc, s, d),
                     };
                 }
-                let half = d.cols <= nr / 2;
+                let half = width == nr / 2;
                 match (level, s.a_row == 1, half) {
                     #[cfg(target_arch = "x86_64")]
                     (Level::Avx512, true, false) => $avx512::<true, 2>(kc, s, d),
