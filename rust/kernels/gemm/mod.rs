@@ -857,12 +857,12 @@ mod tests {
         crate::parallel::set_num_threads(2);
         // Widths around every kernel's MR and NR (AVX-512 12 × 16 or 32, AVX2 6 × 8 or 16,
         // portable 4 × 8), below one panel (read past each row), past the direct path's 128;
-        // depths of one row, a few rows, part of an L1 block and several blocks.
+        // depths of one row, a few rows, part of a depth block and more than two blocks.
         let widths = [
             1, 3, 4, 5, 6, 7, 8, 10, 12, 13, 16, 17, 20, 33, 64, 100, 128, 129, 200,
         ];
         for p in widths {
-            for n in [1, 2, 7, 300, 1100] {
+            for n in [1, 2, 7, 300, 2 * gram::block_rows::<T>(p) + 5] {
                 let g64: Vec<f64> = (0..n * p).map(|i| (i as f64 * 0.37).sin()).collect();
                 let g: Vec<T> = g64.iter().map(|&v| T::from_f64(v)).collect();
                 let want = reference(p, p, n, &g64, true, &g64, false);
