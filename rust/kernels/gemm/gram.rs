@@ -95,20 +95,25 @@ pub(super) unsafe fn gram_direct<T: Float>(
                 if new_rows >= j0 + width {
                     break; // this sliver and the next are below the diagonal
                 }
+                // Columns left of the first new row's diagonal are below it: a sliver
+                // crossing the diagonal runs the narrowest kernel that covers the rest.
+                let need = j0 + width - new_cols.max(new_rows);
+                let cols = T::edge_cols(level, need).min(width);
+                let jt = j0 + width - cols;
                 let src = Src {
                     a: rows.add(i0),
                     a_row: 1,
                     a_depth: p,
-                    b: rows.add(j0),
+                    b: rows.add(jt),
                     b_depth: p,
                 };
-                if new_rows == i0 && new_cols == j0 && width == nr && j0 + nr <= p {
+                if new_rows == i0 && new_cols <= jt && jt + cols <= p {
                     let dest = Dest {
-                        ptr: c.as_mut_ptr().add(i0 * p + j0),
+                        ptr: c.as_mut_ptr().add(i0 * p + jt),
                         row_stride: p,
                         col_stride: 1,
                         rows: mr,
-                        cols: nr,
+                        cols,
                         accumulate: add,
                     };
                     T::tile(level, kc, src, dest);
@@ -119,14 +124,14 @@ pub(super) unsafe fn gram_direct<T: Float>(
                     row_stride: nr,
                     col_stride: 1,
                     rows: mr,
-                    cols: width,
+                    cols,
                     accumulate: false,
                 };
                 T::tile(level, kc, src, dest);
                 for i in new_rows..i0 + mr {
                     let (row, part) = (&mut c[i * p..], &buf[(i - i0) * nr..]);
-                    for j in new_cols..(j0 + width).min(p) {
-                        let v = part[j - j0];
+                    for j in new_cols.max(jt)..(j0 + width).min(p) {
+                        let v = part[j - jt];
                         row[j] = if add { row[j] + v } else { v };
                     }
                 }
