@@ -300,6 +300,7 @@ def seed002_rows(peers: bool) -> List[Tuple[str, float]]:
         ("fastad fisher(X, Y, out=F)", lambda: model.fisher(X, Y, loss="mse", out=F)),
         ("fastad outer_diag(G, out=d)", lambda: fa.outer_diag(G, out=d)),
         ("NumPy einsum outer (out=H)", lambda: np.einsum("bi,bj->bij", G, G, out=H)),
+        ("NumPy G.T @ G (out=F)", lambda: np.matmul(G.T, G, out=F)),
         ("NumPy H.fill(1), 1 thread", lambda: H.fill(1.0)),
     ]
     if peers:
