@@ -16,7 +16,7 @@ pub(super) const DIRECT_MAX_P: usize = 128;
 /// Bytes of G's rows per depth block: a quarter of a 256 kB L2 cache. Each block costs a pass
 /// of C's tiles (loaded, added to, stored; the edge ones through a buffer), while the kernel's
 /// strided reads of G stream from L2 about as fast as from L1: blocks of half an L1 (16 kB)
-/// measured 13–18% slower at n = 100,000, p = 97 or 128, and seed 002's 128 × 97 took 4
+/// measured 14–25% slower at n = 100,000, p = 97 or 128, and seed 002's 128 × 97 took 4
 /// blocks (2 rows in the last) where it now takes 1.
 const BLOCK_BYTES: usize = 64 << 10;
 /// The largest MR × NR of any kernel (AVX-512 f32: 12 × 32).
