@@ -10,10 +10,12 @@
 //! thread in a fixed order, so results do not depend on the thread count.
 mod gram;
 pub(crate) mod microkernel;
+mod mirror;
 mod pack;
 
 pub use microkernel::GemmKernel;
 use microkernel::{Dest, Src};
+pub use mirror::{mirror_upper, MirrorTile};
 use pack::{pack, View};
 
 use crate::float::Float;
@@ -216,20 +218,6 @@ pub fn gram_upper<T: Float>(
     };
     // SAFETY: the views cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
-}
-
-/// Copies C's upper triangle (p×p) onto its lower one, block by block so both stay in cache.
-pub fn mirror_upper<T: Float>(c: &mut [T], p: usize) {
-    const B: usize = 64;
-    for i0 in (0..p).step_by(B) {
-        for j0 in (0..=i0).step_by(B) {
-            for i in i0..(i0 + B).min(p) {
-                for j in j0..(j0 + B).min(i) {
-                    c[i * p + j] = c[j * p + i];
-                }
-            }
-        }
-    }
 }
 
 /// C (m×n) (+)= A B when m or n is 1. As a row, c (1×n') = a (1×k) B' with B' = B, or = Aᵀ and
