@@ -12,7 +12,7 @@ pub trait Float:
     + std::fmt::Debug
     // The per-type micro-kernels (a layer below the GEMM, which is generic over `Float`).
     + crate::kernels::gemm::microkernel::GemmKernel
-    + crate::kernels::gemm::MirrorTile
+    + crate::kernels::gemm::mirror::MirrorTile
     + 'static
 {
     /// The NumPy name of the type, for error messages.

@@ -10,12 +10,12 @@
 //! thread in a fixed order, so results do not depend on the thread count.
 mod gram;
 pub(crate) mod microkernel;
-mod mirror;
+pub(crate) mod mirror;
 mod pack;
 
 pub use microkernel::GemmKernel;
 use microkernel::{Dest, Src};
-pub use mirror::{mirror_upper, MirrorTile};
+pub use mirror::mirror_upper;
 use pack::{pack, View};
 
 use crate::float::Float;
