@@ -43,21 +43,6 @@ fn starts(p: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..whole).map(move |t| (t * width, t * width)).chain(last)
 }
 
-/// The panels' (start, first new column, width): as `starts`, except that the last panel,
-/// shifted back to end at p, is only as wide as the kernel that computes its new columns
-/// (`edge_cols`: P = 97 on AVX2 f32 ends in 4 columns, not 16).
-fn panels<T: Float>(
-    level: Level,
-    p: usize,
-    nr: usize,
-) -> impl Iterator<Item = (usize, usize, usize)> {
-    let edge = T::edge_cols(level, p % nr);
-    starts(p, nr).map(move |(j0, new)| match new > j0 {
-        true => (p - edge, new, edge),
-        false => (j0, new, nr),
-    })
-}
-
 /// The rows of G (p columns) in one depth block.
 pub(super) fn block_rows<T: Float>(p: usize) -> usize {
     (BLOCK_BYTES / (p * std::mem::size_of::<T>())).max(1)
@@ -90,16 +75,17 @@ pub(super) unsafe fn gram_direct<T: Float>(
         let kc = block.min(safe - r0);
         let rows = g[r0 * p..].as_ptr();
         let add = accumulate || r0 > 0;
-        for (j0, new_cols, width) in panels::<T>(level, p, nr) {
+        for (j0, new_cols) in starts(p, nr) {
             for (i0, new_rows) in starts(p, mr) {
-                if new_rows >= j0 + width {
+                if new_rows >= j0 + nr {
                     break; // this sliver and the next are below the diagonal
                 }
-                // Columns left of the first new row's diagonal are below it: a sliver
-                // crossing the diagonal runs the narrowest kernel that covers the rest.
-                let need = j0 + width - new_cols.max(new_rows);
-                let cols = T::edge_cols(level, need).min(width);
-                let jt = j0 + width - cols;
+                // The tile runs the narrowest kernel that covers the columns it adds: those
+                // right of both its first new row's diagonal and the previous panel (a
+                // sliver crossing the diagonal; the last panel, shifted back to end at p).
+                let need = j0 + nr - new_cols.max(new_rows);
+                let cols = T::edge_cols(level, need);
+                let jt = j0 + nr - cols;
                 let src = Src {
                     a: rows.add(i0),
                     a_row: 1,
@@ -130,7 +116,7 @@ pub(super) unsafe fn gram_direct<T: Float>(
                 T::tile(level, kc, src, dest);
                 for i in new_rows..i0 + mr {
                     let (row, part) = (&mut c[i * p..], &buf[(i - i0) * nr..]);
-                    for j in new_cols.max(jt)..(j0 + width).min(p) {
+                    for j in new_cols.max(jt)..(j0 + nr).min(p) {
                         let v = part[j - jt];
                         row[j] = if add { row[j] + v } else { v };
                     }

@@ -142,16 +142,15 @@ unsafe fn tile_f64_avx(src: *const f64, dst: *mut f64, p: usize) {
     _mm256_storeu_pd(dst.add(3 * p), _mm256_permute2f128_pd::<0x31>(t1, t3));
 }
 
+/// `mirror_tiles` compiled for AVX, so that the `tile` it inlines may use AVX.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn mirror_f32_avx(c: *mut f32, p: usize) {
-    mirror_tiles::<f32, 8>(c, p, |s, d, p| tile_f32_avx(s, d, p))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn mirror_f64_avx(c: *mut f64, p: usize) {
-    mirror_tiles::<f64, 4>(c, p, |s, d, p| tile_f64_avx(s, d, p))
+unsafe fn mirror_tiles_avx<T: Copy, const W: usize>(
+    c: *mut T,
+    p: usize,
+    tile: impl Fn(*const T, *mut T, usize),
+) {
+    mirror_tiles::<T, W>(c, p, tile)
 }
 
 /// A 4 × 4 f32 tile in NEON registers: rows transposed in pairs of lanes, then in pairs of
@@ -192,7 +191,9 @@ impl MirrorTile for f32 {
         let c = c.as_mut_ptr();
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 | Level::Avx2 => mirror_f32_avx(c, p),
+            Level::Avx512 | Level::Avx2 => {
+                mirror_tiles_avx::<f32, 8>(c, p, |s, d, p| tile_f32_avx(s, d, p))
+            }
             #[cfg(target_arch = "aarch64")]
             Level::Neon => mirror_tiles::<f32, 4>(c, p, |s, d, p| tile_f32_neon(s, d, p)),
             _ => mirror_tiles::<f32, 8>(c, p, |s, d, p| tile_scalar::<f32, 8>(s, d, p)),
@@ -206,7 +207,9 @@ impl MirrorTile for f64 {
         let c = c.as_mut_ptr();
         match level {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512 | Level::Avx2 => mirror_f64_avx(c, p),
+            Level::Avx512 | Level::Avx2 => {
+                mirror_tiles_avx::<f64, 4>(c, p, |s, d, p| tile_f64_avx(s, d, p))
+            }
             #[cfg(target_arch = "aarch64")]
             Level::Neon => mirror_tiles::<f64, 2>(c, p, |s, d, p| tile_f64_neon(s, d, p)),
             _ => mirror_tiles::<f64, 8>(c, p, |s, d, p| tile_scalar::<f64, 8>(s, d, p)),
@@ -217,7 +220,6 @@ impl MirrorTile for f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::simd;
 
     /// Every lower entry becomes its mirror image, and the upper triangle (with the diagonal)
     /// is untouched, at every level this CPU has, for sizes around every tile width and block.
@@ -227,9 +229,9 @@ mod tests {
             let start: Vec<T> = (0..p * p)
                 .map(|i| T::from(i as f64 + 0.5).unwrap())
                 .collect();
-            for &level in simd::LEVELS.iter().filter(|&&l| available(l)) {
+            for level in super::super::tests::levels() {
                 let mut c = start.clone();
-                // SAFETY: `available` checked the level; c holds p² elements.
+                // SAFETY: `levels` lists this CPU's; c holds p² elements.
                 unsafe { T::mirror_upper_at(level, &mut c, p) };
                 for i in 0..p {
                     for j in 0..p {
@@ -244,13 +246,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Whether `level` is `simd::level()` or below it (of this architecture).
-    fn available(level: Level) -> bool {
-        let levels = simd::LEVELS;
-        let pos = |l| levels.iter().position(|&x| x == l);
-        pos(level) >= pos(simd::level())
     }
 
     #[test]

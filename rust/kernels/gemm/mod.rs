@@ -668,7 +668,7 @@ mod tests {
     }
 
     /// The kernels this CPU can run.
-    fn levels() -> Vec<simd::Level> {
+    pub(super) fn levels() -> Vec<simd::Level> {
         use simd::Level::*;
         match simd::level() {
             Avx512 => vec![Avx512, Avx2, Baseline],
