@@ -93,12 +93,19 @@ macro_rules! simd_kernel {
             const MR: usize = $mr;
             const L: usize = $lanes;
             // Ask for C's lines now, so a shallow product (few multiply-adds per tile) does
-            // not stall on them at the stores: its C streams from and to memory.
+            // not stall on them at the stores: its C streams from and to memory. A row of the
+            // tile is V·L elements; where C is not aligned to lines (NumPy aligns to 16 bytes)
+            // it touches one line more.
             if d.col_stride == 1 {
+                let row_bytes = V * L * size_of::<$t>();
                 for i in 0..d.rows {
                     let out = d.ptr.add(i * d.row_stride) as *const i8;
-                    prefetch_line(out);
-                    prefetch_line(out.add(V * L * size_of::<$t>() - 1));
+                    for at in (0..row_bytes).step_by(64) {
+                        prefetch_line(out.add(at));
+                    }
+                    if out as usize % 64 != 0 {
+                        prefetch_line(out.add(row_bytes - 1));
+                    }
                 }
             }
             let mut c: [[$vec; V]; MR] = [[$zero(); V]; MR];
