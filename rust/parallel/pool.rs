@@ -51,6 +51,8 @@ struct State {
     busy: AtomicBool,
     /// The generation of the latest job, readable without the lock by spinning workers.
     posted: AtomicU64,
+    /// The generation of the latest job whose tasks are all done, for the polling caller.
+    finished: AtomicU64,
     /// The process the workers run in: a child forked from it has none of them (and maybe a
     /// lock a vanished worker held), so it runs everything inline.
     pid: u32,
@@ -80,6 +82,7 @@ fn pool() -> &'static State {
         started: AtomicUsize::new(0),
         busy: AtomicBool::new(false),
         posted: AtomicU64::new(0),
+        finished: AtomicU64::new(0),
         pid: crate::process::id(),
     })
 }
@@ -99,7 +102,7 @@ fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
     // SAFETY: the erased borrow is only used by workers between here and `remaining == 0`,
     // which this function waits for before returning.
     let task: Task<'static> = unsafe { std::mem::transmute::<Task<'_>, Task<'static>>(task) };
-    {
+    let generation = {
         let mut job = p.job.lock().unwrap();
         job.task = Some(task);
         job.count = count;
@@ -108,9 +111,18 @@ fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
         job.generation += 1;
         job.panicked = false;
         p.posted.store(job.generation, Ordering::Release);
-    }
+        job.generation
+    };
     p.work_ready.notify_all();
     p.work_loop_until_done();
+    // The last tasks are the workers': poll for them before sleeping, as a worker polls for
+    // work (`SPIN`), since waking this thread would go through the OS.
+    let since = std::time::Instant::now();
+    while p.finished.load(Ordering::Acquire) != generation && since.elapsed() < SPIN {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
     let mut job = p.job.lock().unwrap();
     while job.remaining > 0 {
         job = p.work_done.wait(job).unwrap();
@@ -175,6 +187,7 @@ impl State {
             job.panicked |= !ok;
             job.remaining -= 1;
             if job.remaining == 0 {
+                self.finished.store(job.generation, Ordering::Release);
                 self.work_done.notify_all();
             }
         }
