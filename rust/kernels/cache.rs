@@ -21,7 +21,7 @@ pub fn l2_bytes() -> usize {
 #[cfg(target_arch = "x86_64")]
 fn detected_l2() -> Option<usize> {
     use std::arch::x86_64::__cpuid;
-    #[allow(unused_unsafe)] // `__cpuid` is safe from Rust 1.89 on, unsafe before
+    #[allow(unused_unsafe)] // `__cpuid` is safe in Rust 1.95, unsafe in 1.93 and before
     // SAFETY: every x86-64 CPU has CPUID; the leaf is read only when the CPU reports it.
     let kib = unsafe {
         if __cpuid(0x8000_0000).eax < 0x8000_0006 {
