@@ -116,13 +116,8 @@ fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
     p.work_ready.notify_all();
     p.work_loop_until_done();
     // The last tasks are the workers': poll for them before sleeping, as a worker polls for
-    // work (`SPIN`), since waking this thread would go through the OS.
-    let since = std::time::Instant::now();
-    while p.finished.load(Ordering::Acquire) != generation && since.elapsed() < SPIN {
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
-    }
+    // work, since waking this thread would go through the OS.
+    poll_until(|| p.finished.load(Ordering::Acquire) == generation);
     let mut job = p.job.lock().unwrap();
     while job.remaining > 0 {
         job = p.work_done.wait(job).unwrap();
@@ -132,6 +127,16 @@ fn run(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
     drop(job);
     p.busy.store(false, Ordering::Release);
     assert!(!panicked, "a fastad worker thread panicked");
+}
+
+/// Spins until `done()` or for `SPIN`, whichever comes first.
+fn poll_until(done: impl Fn() -> bool) {
+    let since = std::time::Instant::now();
+    while !done() && since.elapsed() < SPIN {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 impl State {
@@ -153,12 +158,7 @@ impl State {
         self.started.fetch_add(1, Ordering::AcqRel);
         let mut seen = 0u64;
         loop {
-            let since = std::time::Instant::now();
-            while self.posted.load(Ordering::Acquire) == seen && since.elapsed() < SPIN {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
-            }
+            poll_until(|| self.posted.load(Ordering::Acquire) != seen);
             {
                 let mut job = self.job.lock().unwrap();
                 while job.generation == seen || job.next >= job.count {
