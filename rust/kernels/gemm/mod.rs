@@ -21,8 +21,14 @@ use pack::{pack, View};
 use crate::float::Float;
 use crate::kernels::simd;
 
-/// Depth of a packed block (rows of B's panels, columns of A's slivers).
+/// Depth of a packed block (rows of B's panels, columns of A's slivers), at most.
 const KC: usize = 256;
+/// Bytes of a packed sliver of A at most, which bounds the depth below KC for wide elements: the
+/// micro-kernel keeps B's panel in L1 while A's slivers stream through, and a larger sliver
+/// crowds the panel out. AVX-512 f64 (slivers of 12 rows of 8 bytes) so packs 128 deep, not
+/// 256; Xeon, 1024³ f64, one thread 31.3 → 29.5 ms, two 17.5 → 16.9 (alternated, 5 rounds).
+/// f32 keeps 256: its 128-deep blocks ran 2–10% slower.
+const SLIVER_BYTES: usize = 12 << 10;
 /// When A is read in place, its blocks go deeper (`depth`): up to DEEP_KC, while B's block
 /// stays within DEEP_B elements (in L2).
 const DEEP_KC: usize = 1024;
@@ -77,15 +83,18 @@ pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
     b_block + threads.max(1) * MC * k.min(KC)
 }
 
-/// The depth of the blocks of a product whose C has `n` columns, with B's panels `nr` wide.
-/// Where A's slivers meet too few panels to be worth packing, A is read in place, its rows
-/// streaming from memory, and rows cut into pieces of KC elements (16 cache lines in f32)
-/// stream slower than longer ones: 10000×1000×20 on 2 threads, 9.8 → 7.6 ms in f32 and
-/// 14.8 → 12.1 in f64 with a depth of 1000 against 256 (AVX2; benches/GEMM.md).
-fn depth(n: usize, k: usize, nr: usize) -> usize {
+/// The depth of the blocks of a product whose C has `n` columns, with the kernel's (MR, NR)
+/// tile: KC, or as deep as a sliver of SLIVER_BYTES. Where A's slivers meet too few panels to
+/// be worth packing, A is read in place, its rows streaming from memory, and rows cut into
+/// pieces of KC elements (16 cache lines in f32) stream slower than longer ones: 10000×1000×20
+/// on 2 threads, 9.8 → 7.6 ms in f32 and 14.8 → 12.1 in f64 with a depth of 1000 against 256
+/// (AVX2; benches/GEMM.md).
+fn depth<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
     let nc = n.min(NC);
     if nc.div_ceil(nr) > REUSE_TO_PACK {
-        return k.min(KC);
+        return k
+            .min(KC)
+            .min(SLIVER_BYTES / (mr * std::mem::size_of::<T>()));
     }
     k.min((DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC))
 }
@@ -299,10 +308,11 @@ pub fn packed_b_len<T: Float>(k: usize, n: usize) -> usize {
 /// Packs all of op(B) (k × n) in the order `gemm_prepacked` reads it, so products that share
 /// one B (every tile of a batch times a weight matrix) pack it once, not once each.
 pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) {
-    let nr = T::tile_shape(simd::level()).1;
+    let (mr, nr) = T::tile_shape(simd::level());
     assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
     let view = b.view(k, n);
-    let kc_max = depth(n, k, nr).max(1); // as `Problem::run` reads it; k = 0 packs nothing
+    // As `Problem::run` reads it; k = 0 packs nothing.
+    let kc_max = depth::<T>(n, k, (mr, nr)).max(1);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(kc_max) {
@@ -394,7 +404,7 @@ unsafe impl<T: Sync> Sync for Problem<T> {}
 impl<T: Float> Problem<T> {
     unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let kc_max = depth(n, k, nr);
+        let kc_max = depth::<T>(n, k, (mr, nr));
         let b_len = kc_max * n.min(NC).next_multiple_of(nr);
         let a_len = MC * k.min(KC); // see `workspace_len`
         assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
@@ -810,9 +820,21 @@ mod tests {
         for &(m, n, k) in &grid {
             let room = workspace_len(m, n, k, 1);
             for &(m2, n2, k2) in grid.iter().filter(|&&(a, b, c)| a <= m && b <= n && c <= k) {
-                for nr in [4, 8, 16, 32] {
+                for tile in [
+                    (4, 4),
+                    (4, 8),
+                    (6, 8),
+                    (6, 16),
+                    (12, 4),
+                    (12, 8),
+                    (12, 16),
+                    (12, 32),
+                ] {
+                    let nr = tile.1;
                     for cols in [n2, m2] {
-                        let b_block = depth(cols, k2, nr) * cols.min(NC).next_multiple_of(nr);
+                        let deepest =
+                            depth::<f32>(cols, k2, tile).max(depth::<f64>(cols, k2, tile));
+                        let b_block = deepest * cols.min(NC).next_multiple_of(nr);
                         let need = b_block + MC * k2.min(KC);
                         assert!(
                             need <= room,
