@@ -26,8 +26,8 @@ const KC: usize = 256;
 /// Bytes of a packed sliver of A at most, which bounds the depth below KC for wide elements: the
 /// micro-kernel keeps B's panel in L1 while A's slivers stream through, and a larger sliver
 /// crowds the panel out. AVX-512 f64 (slivers of 12 rows of 8 bytes) so packs 128 deep, not
-/// 256; Xeon, 1024³ f64, one thread 31.3 → 29.5 ms, two 17.5 → 16.9 (alternated, 5 rounds).
-/// f32 keeps 256: its 128-deep blocks ran 2–10% slower.
+/// 256. Xeon, f64 on 2 threads (old and new builds alternated, 9 rounds): 1024³ 16.8 → 15.3 ms,
+/// 2000×256×3000 23.7 → 21.4. f32 keeps 256: its 128-deep blocks ran 2–10% slower.
 const SLIVER_BYTES: usize = 12 << 10;
 /// When A is read in place, its blocks go deeper (`depth`): up to DEEP_KC, while B's block
 /// stays within DEEP_B elements (in L2).
