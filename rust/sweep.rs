@@ -196,7 +196,7 @@ pub(crate) fn backward_step<T: Float>(
     }
     match steps[i].op {
         Op::Input(_) | Op::Constant(_) | Op::ConstantArray(_) => {}
-        Op::Unary(u, x) => unary_backward(u, val(x), val(i), g, adj!(x)),
+        Op::Unary(u, x) => unary_backward(u, val(x), val(i), g, adj!(x), steps[x].first_write),
         Op::Binary(op, a, b) => {
             let od = steps[i].shape.resolve(batch).as_2d();
             let (ba, bb) = (Broadcast::new(dims(a), od), Broadcast::new(dims(b), od));

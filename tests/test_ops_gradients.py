@@ -64,6 +64,40 @@ def test_unary(name, fn, ref, dom, shape, n):
     check(fn, ref, [fa.spec(shape)], [x], [0])
 
 
+@pytest.mark.parametrize("name,fn,ref,dom", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_of_an_intermediate_replayed_with_new_data(name, fn, ref, dom):
+    """A function whose operand nothing else reads overwrites the operand's adjoint without
+    zeroing it first: replays with new data and cotangents must keep nothing of earlier ones."""
+    f = fa.compile(lambda x: fn(x * 1.5 + 0.1), fa.spec((None, 3)))
+    for n in (4, 6, 4):
+        x = sample((None, 3), n, **dom)
+        x = np.where(np.abs(x * 1.5 + 0.1) < 0.1, 0.5, x) if dom.get("avoid_zero") else x
+        assert_close_rel(f(x), ref(x * 1.5 + 0.1), 1e-12, "value")
+        cot = RNG.normal(size=(n, 3))
+        assert_close_rel(f.vjp(x, cot), numeric_vjp(f, [x], [0], cot)[0], 1e-6, "vjp")
+
+
+def test_chained_functions_replayed_with_new_data():
+    """Chains mixing operands read once (adjoint overwritten) and twice (accumulated), and a
+    zeroth power (derivative 0 written, not skipped), replayed with new data."""
+    def fn(x, y):
+        a = fa.tanh(x * y)
+        s = fa.sin(a)
+        return fa.exp(fa.sigmoid(s)) * (x + y) ** 0.0 + fa.square(a * 2.0)
+
+    def ref(x, y):
+        a = np.tanh(x * y)
+        return np.exp(1 / (1 + np.exp(-np.sin(a)))) + np.square(a * 2.0)
+
+    f = fa.compile(fn, fa.spec((None, 3)), fa.spec((None, 3)), wrt=(0, 1))
+    for n in (5, 3, 7):
+        x, y = sample((None, 3), n), sample((None, 3), n)
+        assert_close_rel(f(x, y), ref(x, y), 1e-12, "value")
+        cot = RNG.normal(size=(n, 3))
+        for got, fd in zip(f.vjp(x, y, cot), numeric_vjp(f, [x, y], [0, 1], cot)):
+            assert_close_rel(got, fd, 1e-6, "vjp")
+
+
 BINARY = [
     ("add", lambda a, b: a + b, np.add, {}),
     ("sub", lambda a, b: a - b, np.subtract, {}),

@@ -81,9 +81,22 @@ fn small_integer(p: f64) -> Option<i32> {
     (p.fract() == 0.0 && p.abs() <= 64.0).then_some(p as i32)
 }
 
-/// dx += g * op'(x), given y = op(x).
-pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut [T]) {
-    fn acc<T: Float>(x: &[T], y: &[T], g: &[T], dx: &mut [T], df: impl Fn(T, T) -> T + Sync) {
+/// dx += g * op'(x), given y = op(x); or dx = g * op'(x) when `assign` (dx's only writer,
+/// which saves zeroing dx first and reading it back).
+pub fn unary_backward<T: Float>(
+    op: UnaryOp,
+    x: &[T],
+    y: &[T],
+    g: &[T],
+    dx: &mut [T],
+    assign: bool,
+) {
+    fn acc<T: Float>(
+        assign: bool,
+        (x, y, g): (&[T], &[T], &[T]),
+        dx: &mut [T],
+        df: impl Fn(T, T) -> T + Sync,
+    ) {
         for_chunks_mut(dx, |r, dx| {
             let (x, y, g) = (&x[r.clone()], &y[r.clone()], &g[r]);
             dispatch(
@@ -91,24 +104,31 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
                 || {
                     let (dx, x) = in_registers(dx, x);
                     let (y, g) = (&y[..dx.len()], &g[..dx.len()]);
-                    for i in 0..dx.len() {
-                        dx[i] += g[i] * df(x[i], y[i]);
+                    if assign {
+                        for i in 0..dx.len() {
+                            dx[i] = g[i] * df(x[i], y[i]);
+                        }
+                    } else {
+                        for i in 0..dx.len() {
+                            dx[i] += g[i] * df(x[i], y[i]);
+                        }
                     }
                 },
             )
         });
     }
+    let xyg = (x, y, g);
     // The closures take their constants by value (`move`): a constant captured by reference is
     // reloaded after every store, as `in_registers` explains, and keeps the loop scalar.
     let (zero, one, two) = (T::zero(), T::one(), T::from_f64(2.0));
     match op {
-        UnaryOp::Neg => acc(x, y, g, dx, move |_, _| -one),
-        UnaryOp::Exp => acc(x, y, g, dx, move |_, y| y),
-        UnaryOp::Log => acc(x, y, g, dx, move |x, _| one / x),
-        UnaryOp::Log1p => acc(x, y, g, dx, move |x, _| one / (one + x)),
-        UnaryOp::Expm1 => acc(x, y, g, dx, move |_, y| y + one),
-        UnaryOp::Sqrt => acc(x, y, g, dx, move |_, y| T::from_f64(0.5) / y),
-        UnaryOp::Abs => acc(x, y, g, dx, move |x, _| {
+        UnaryOp::Neg => acc(assign, xyg, dx, move |_, _| -one),
+        UnaryOp::Exp => acc(assign, xyg, dx, move |_, y| y),
+        UnaryOp::Log => acc(assign, xyg, dx, move |x, _| one / x),
+        UnaryOp::Log1p => acc(assign, xyg, dx, move |x, _| one / (one + x)),
+        UnaryOp::Expm1 => acc(assign, xyg, dx, move |_, y| y + one),
+        UnaryOp::Sqrt => acc(assign, xyg, dx, move |_, y| T::from_f64(0.5) / y),
+        UnaryOp::Abs => acc(assign, xyg, dx, move |x, _| {
             if x > zero {
                 one
             } else if x < zero {
@@ -117,22 +137,30 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
                 zero
             }
         }),
-        UnaryOp::Tanh => acc(x, y, g, dx, move |_, y| one - y * y),
-        UnaryOp::Sigmoid => acc(x, y, g, dx, move |_, y| y * (one - y)),
-        UnaryOp::Relu => acc(x, y, g, dx, move |x, _| if x > zero { one } else { zero }),
-        UnaryOp::Softplus => with_fma!(F => acc(x, y, g, dx, move |x, _| sigmoid::<T, F>(x))),
-        UnaryOp::Sin => acc(x, y, g, dx, move |x, _| x.cos()),
-        UnaryOp::Cos => acc(x, y, g, dx, move |x, _| -x.sin()),
-        UnaryOp::Square => acc(x, y, g, dx, move |x, _| two * x),
+        UnaryOp::Tanh => acc(assign, xyg, dx, move |_, y| one - y * y),
+        UnaryOp::Sigmoid => acc(assign, xyg, dx, move |_, y| y * (one - y)),
+        UnaryOp::Relu => acc(
+            assign,
+            xyg,
+            dx,
+            move |x, _| if x > zero { one } else { zero },
+        ),
+        UnaryOp::Softplus => with_fma!(F => acc(assign, xyg, dx, move |x, _| sigmoid::<T, F>(x))),
+        UnaryOp::Sin => acc(assign, xyg, dx, move |x, _| x.cos()),
+        UnaryOp::Cos => acc(assign, xyg, dx, move |x, _| -x.sin()),
+        UnaryOp::Square => acc(assign, xyg, dx, move |x, _| two * x),
         UnaryOp::Powf(p) => {
             let (p, pm1) = (T::from_f64(p), T::from_f64(p - 1.0));
             // x^0 is 1 for every x, so its derivative is 0 even where x^-1 is infinite.
             if p == zero {
+                if assign {
+                    dx.fill(zero);
+                }
                 return;
             }
             match small_integer(p.to_f64() - 1.0) {
-                Some(n) => acc(x, y, g, dx, move |x, _| p * x.powi(n)),
-                None => acc(x, y, g, dx, move |x, _| p * x.powf(pm1)),
+                Some(n) => acc(assign, xyg, dx, move |x, _| p * x.powi(n)),
+                None => acc(assign, xyg, dx, move |x, _| p * x.powf(pm1)),
             }
         }
     }

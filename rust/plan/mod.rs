@@ -316,8 +316,10 @@ pub fn check_len(what: &str, len: usize, shape: Shape, batch: usize) -> Result<(
     Ok(())
 }
 
-/// Sets `first_write` on the steps whose only reader is a matrix product reading them as its
-/// left operand (the product's reverse sweep then overwrites their whole adjoint).
+/// Sets `first_write` on the steps whose only reader overwrites their whole adjoint in its
+/// reverse sweep: a matrix product reading them as its left operand, or an elementwise
+/// function. Their adjoints are then not zeroed first (a 1000-wide tanh layer's, in every
+/// tile).
 fn mark_first_writes(steps: &mut [Step]) {
     let mut readers = vec![0usize; steps.len()];
     readers[steps.len() - 1] += 1; // the output's adjoint is seeded
@@ -326,7 +328,7 @@ fn mark_first_writes(steps: &mut [Step]) {
         ins[..n].iter().for_each(|&j| readers[j] += 1);
     }
     for i in 0..steps.len() {
-        if let Op::MatMul { a, .. } | Op::Affine { a, .. } = steps[i].op {
+        if let Op::MatMul { a, .. } | Op::Affine { a, .. } | Op::Unary(_, a) = steps[i].op {
             if readers[a] == 1 && !matches!(steps[a].op, Op::Input(_)) {
                 steps[a].first_write = true;
             }
