@@ -84,19 +84,22 @@ pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
 }
 
 /// The depth of the blocks of a product whose C has `n` columns, with the kernel's (MR, NR)
-/// tile: KC, or as deep as a sliver of SLIVER_BYTES. Where A's slivers meet too few panels to
-/// be worth packing, A is read in place, its rows streaming from memory, and rows cut into
-/// pieces of KC elements (16 cache lines in f32) stream slower than longer ones: 10000×1000×20
-/// on 2 threads, 9.8 → 7.6 ms in f32 and 14.8 → 12.1 in f64 with a depth of 1000 against 256
-/// (AVX2; benches/GEMM.md).
+/// tile: at most KC, or as deep as a sliver of SLIVER_BYTES. Where A's slivers meet too few
+/// panels to be worth packing, A is read in place, its rows streaming from memory, and rows cut
+/// into pieces of KC elements (16 cache lines in f32) stream slower than longer ones:
+/// 10000×1000×20 on 2 threads, 9.8 → 7.6 ms in f32 and 14.8 → 12.1 in f64 with a depth of 1000
+/// against 256 (AVX2; benches/GEMM.md). The depth is then evened out over the blocks k needs:
+/// 784 = 4 × 196, not 3 × 256 + 16, whose last block would read and write all of C for 16
+/// multiply-adds per element (Xeon, 2 threads, in-process alternation: 4096×784×512 f32 at AVX2
+/// 15.16 → 14.34 ms, 1024×784×1024 8.18 → 7.51; f64 at AVX-512 11.02 → 10.69).
 fn depth<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
     let nc = n.min(NC);
-    if nc.div_ceil(nr) > REUSE_TO_PACK {
-        return k
-            .min(KC)
-            .min(SLIVER_BYTES / (mr * std::mem::size_of::<T>()));
-    }
-    k.min((DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC))
+    let most = if nc.div_ceil(nr) > REUSE_TO_PACK {
+        KC.min(SLIVER_BYTES / (mr * std::mem::size_of::<T>()))
+    } else {
+        (DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC)
+    };
+    k.div_ceil(k.div_ceil(most).max(1))
 }
 
 /// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
