@@ -1,6 +1,7 @@
 //! Numeric kernels on flat row-major buffers. Every kernel writes into memory it is given and
 //! allocates nothing. Forward kernels overwrite their output; backward kernels accumulate (`+=`)
-//! into the adjoint they are given, so an operand used twice simply receives two contributions.
+//! into the adjoint they are given, so an operand used twice simply receives two contributions
+//! (or, told that they are its only writer, assign it: see `plan::step::Step::first_write`).
 pub mod cache;
 pub mod elementwise;
 pub mod gemm;

@@ -11,8 +11,9 @@ pub struct Step {
     pub needs_grad: bool,
     /// When a batch-tiled replay computes it (see `plan/tiling.rs`).
     pub phase: Phase,
-    /// Its adjoint is written whole by its one reader, a matrix product reading it as `a`:
-    /// that reader assigns instead of adding, and the adjoint is never zeroed first.
+    /// Its adjoint is written whole by its one reader, a matrix product reading it as `a` or an
+    /// elementwise function: that reader assigns instead of adding, and the adjoint is never
+    /// zeroed first.
     pub first_write: bool,
 }
 

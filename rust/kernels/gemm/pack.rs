@@ -70,6 +70,23 @@ pub unsafe fn pack<T: Copy + Default>(
     }
 }
 
+/// `$f::<T, W>(args)` with `width` as the constant W, for the widths the kernels use (every MR
+/// and NR), then true; false for any other width, whose caller falls back to a general loop.
+macro_rules! with_constant_width {
+    ($width:expr, $f:ident::<$t:ty>($($arg:expr),*)) => {{
+        match $width {
+            4 => $f::<$t, 4>($($arg),*),
+            6 => $f::<$t, 6>($($arg),*),
+            8 => $f::<$t, 8>($($arg),*),
+            12 => $f::<$t, 12>($($arg),*),
+            16 => $f::<$t, 16>($($arg),*),
+            32 => $f::<$t, 32>($($arg),*),
+            _ => return false,
+        }
+        true
+    }};
+}
+
 /// `pack` where columns are contiguous (row_stride 1: B stored row by row, packed as Bᵀ): the
 /// columns are read from end to end, COLUMNS_AT_ONCE at a time, their runs of `width` going
 /// to every sliver in turn. (A sliver at a time read `width` elements of each column, a whole
@@ -88,16 +105,7 @@ unsafe fn pack_by_columns<T: Copy + Default>(
     width: usize,
     dst: &mut [T],
 ) -> bool {
-    match width {
-        4 => by_columns::<T, 4>(src, rows, depth, dst),
-        6 => by_columns::<T, 6>(src, rows, depth, dst),
-        8 => by_columns::<T, 8>(src, rows, depth, dst),
-        12 => by_columns::<T, 12>(src, rows, depth, dst),
-        16 => by_columns::<T, 16>(src, rows, depth, dst),
-        32 => by_columns::<T, 32>(src, rows, depth, dst),
-        _ => return false,
-    }
-    true
+    with_constant_width!(width, by_columns::<T>(src, rows, depth, dst))
 }
 
 /// Columns `by_columns` copies together.
@@ -144,16 +152,7 @@ unsafe fn interleave_rows<T: Copy>(
     depth: usize,
     out: &mut [T],
 ) -> bool {
-    match width {
-        4 => interleave::<T, 4>(src, depth, out),
-        6 => interleave::<T, 6>(src, depth, out),
-        8 => interleave::<T, 8>(src, depth, out),
-        12 => interleave::<T, 12>(src, depth, out),
-        16 => interleave::<T, 16>(src, depth, out),
-        32 => interleave::<T, 32>(src, depth, out),
-        _ => return false,
-    }
-    true
+    with_constant_width!(width, interleave::<T>(src, depth, out))
 }
 
 #[inline(always)]
