@@ -92,6 +92,16 @@ macro_rules! simd_kernel {
             use $arch::*;
             const MR: usize = $mr;
             const L: usize = $lanes;
+            // Steps of the depth per loop iteration. Unrolled, the AVX2 f64 kernel ran 5%
+            // faster (Xeon, 1024³ and 4096×512×512 on 1 and 2 threads; others level).
+            const UNROLL: usize = 4;
+            // A packed sliver streams from L2 while B's panel stays in L1. Where a step reads
+            // more than a line of it (AVX-512 f64: 12 × 8 bytes), the hardware prefetcher
+            // falls behind: ask for the lines PREFETCH_STEPS ahead (Xeon, 2 threads: 1024³
+            // 14.30 → 14.03 ms, 4096×512×512 13.00 → 12.11). Where a step reads less, the
+            // requests only cost (AVX2 f64: 4096×512×512 19.44 → 19.97 ms).
+            const PREFETCH_A: bool = MR * size_of::<$t>() > 64;
+            const PREFETCH_STEPS: usize = 32;
             // Ask for C's lines now, so a shallow product (few multiply-adds per tile) does
             // not stall on them at the stores: its C streams from and to memory. A row of the
             // tile is V·L elements; where C is not aligned to lines (NumPy aligns to 16 bytes)
@@ -109,9 +119,9 @@ macro_rules! simd_kernel {
                 }
             }
             let mut c: [[$vec; V]; MR] = [[$zero(); V]; MR];
-            let (mut a, mut b) = (s.a, s.b);
             let row = if PACKED_A { 1 } else { s.a_row };
-            for _ in 0..kc {
+            // One step of the depth: C += (column of A) × (row of B).
+            let step = |c: &mut [[$vec; V]; MR], a: *const $t, b: *const $t| {
                 let bv: [$vec; V] = std::array::from_fn(|v| $load(b.add(v * L)));
                 for i in 0..MR {
                     let ai = $set1(*a.add(i * row));
@@ -119,6 +129,24 @@ macro_rules! simd_kernel {
                         c[i][v] = $fmadd(ai, bv[v], c[i][v]);
                     }
                 }
+            };
+            let (mut a, mut b) = (s.a, s.b);
+            for _ in 0..kc / UNROLL {
+                if PACKED_A && PREFETCH_A {
+                    // (Past the buffer's end, a prefetch is dropped: wrapping, not `add`.)
+                    let ahead = a.wrapping_add(PREFETCH_STEPS * s.a_depth) as *const i8;
+                    for at in (0..UNROLL * MR * size_of::<$t>()).step_by(64) {
+                        prefetch_line(ahead.wrapping_add(at));
+                    }
+                }
+                for u in 0..UNROLL {
+                    step(&mut c, a.add(u * s.a_depth), b.add(u * s.b_depth));
+                }
+                a = a.add(UNROLL * s.a_depth);
+                b = b.add(UNROLL * s.b_depth);
+            }
+            for _ in 0..kc % UNROLL {
+                step(&mut c, a, b);
                 a = a.add(s.a_depth);
                 b = b.add(s.b_depth);
             }
