@@ -76,6 +76,18 @@ pub fn set_num_threads(n: usize) {
     THREADS.store(n.max(1), Ordering::Relaxed);
 }
 
+thread_local! {
+    /// Set while this thread runs a task of a parallel `run`.
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is running a task of a parallel `run`: the other threads are then
+/// busy with their own tasks, and work split further runs on this thread, one part after
+/// another (a product split so that each thread packs its own operands would pack them all).
+pub fn in_task() -> bool {
+    IN_TASK.with(|t| t.get())
+}
+
 /// Runs `task(i)` for every `i` in `0..count` on up to `num_threads()` threads including the
 /// caller, and returns when all are done; inline when one thread is enough.
 pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
@@ -83,7 +95,17 @@ pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
     if threads <= 1 {
         (0..count).for_each(task);
     } else {
-        executor().run(threads, count, task);
+        executor().run(threads, count, &|i| {
+            // Restored when the task ends, even by a panic (the pool's threads carry on).
+            struct Restore(bool);
+            impl Drop for Restore {
+                fn drop(&mut self) {
+                    IN_TASK.with(|t| t.set(self.0));
+                }
+            }
+            let _restore = Restore(IN_TASK.with(|t| t.replace(true)));
+            task(i)
+        });
     }
 }
 
@@ -132,6 +154,32 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn tasks_know_they_run_in_a_parallel_run() {
+        set_num_threads(2);
+        assert!(!in_task());
+        let inside: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
+        run(4, &|i| {
+            inside[i].store(u64::from(in_task()), Ordering::Relaxed)
+        });
+        assert!(inside.iter().all(|t| t.load(Ordering::Relaxed) == 1));
+        assert!(!in_task());
+        // A task that panics leaves its thread outside a task again.
+        let caught = std::panic::catch_unwind(|| run(4, &|i| assert!(i != 1)));
+        assert!(caught.is_err());
+        assert!(!in_task());
+        run(4, &|_| ());
+        let after: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(1)).collect();
+        run(1, &|i| {
+            after[i].store(u64::from(in_task()), Ordering::Relaxed)
+        });
+        assert_eq!(
+            after[0].load(Ordering::Relaxed),
+            0,
+            "a single task runs inline"
+        );
     }
 
     #[test]
