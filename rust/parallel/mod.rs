@@ -95,18 +95,23 @@ pub fn run(count: usize, task: &(dyn Fn(usize) + Sync)) {
     if threads <= 1 {
         (0..count).for_each(task);
     } else {
-        executor().run(threads, count, &|i| {
-            // Restored when the task ends, even by a panic (the pool's threads carry on).
-            struct Restore(bool);
-            impl Drop for Restore {
-                fn drop(&mut self) {
-                    IN_TASK.with(|t| t.set(self.0));
-                }
-            }
-            let _restore = Restore(IN_TASK.with(|t| t.replace(true)));
-            task(i)
-        });
+        dispatch(threads, count, task);
     }
+}
+
+/// `executor().run`, each task marked as one while it runs (`in_task`).
+fn dispatch(threads: usize, count: usize, task: &(dyn Fn(usize) + Sync)) {
+    executor().run(threads, count, &|i| {
+        // Restored when the task ends, even by a panic (the pool's threads carry on).
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                IN_TASK.with(|t| t.set(self.0));
+            }
+        }
+        let _restore = Restore(IN_TASK.with(|t| t.replace(true)));
+        task(i)
+    });
 }
 
 /// Splits `0..len` into `parts` contiguous ranges of nearly equal size; returns range `i`.
@@ -158,25 +163,25 @@ mod tests {
 
     #[test]
     fn tasks_know_they_run_in_a_parallel_run() {
-        set_num_threads(2);
+        // `dispatch` directly: other tests change the thread count `run` reads.
         assert!(!in_task());
         let inside: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
-        run(4, &|i| {
+        dispatch(2, 4, &|i| {
             inside[i].store(u64::from(in_task()), Ordering::Relaxed)
         });
         assert!(inside.iter().all(|t| t.load(Ordering::Relaxed) == 1));
         assert!(!in_task());
         // A task that panics leaves its thread outside a task again.
-        let caught = std::panic::catch_unwind(|| run(4, &|i| assert!(i != 1)));
+        let caught = std::panic::catch_unwind(|| dispatch(2, 4, &|i| assert!(i != 1)));
         assert!(caught.is_err());
         assert!(!in_task());
-        run(4, &|_| ());
-        let after: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(1)).collect();
-        run(1, &|i| {
-            after[i].store(u64::from(in_task()), Ordering::Relaxed)
+        dispatch(2, 4, &|_| ());
+        let single = AtomicU64::new(1);
+        run(1, &|_| {
+            single.store(u64::from(in_task()), Ordering::Relaxed)
         });
         assert_eq!(
-            after[0].load(Ordering::Relaxed),
+            single.load(Ordering::Relaxed),
             0,
             "a single task runs inline"
         );
