@@ -81,7 +81,7 @@ pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
     let b_block = (k.min(KC) * cols).max((k * cols).min(DEEP_B));
     // A's blocks, one per thread: MC × KC, or in place one ragged sliver of mr ≤ 12 rows,
     // which DEEP_KC ≤ MC · KC / 12 keeps within that.
-    b_block + threads.max(1) * MC * k.min(KC)
+    b_block + threads.max(1) * a_block_len(k)
 }
 
 /// The depth of the blocks of a product whose C has `n` columns, with the kernel's (MR, NR)
@@ -101,6 +101,16 @@ fn depth<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
         (DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC)
     };
     k.div_ceil(k.div_ceil(most).max(1))
+}
+
+/// Elements of B's packed block for a product whose C has `n` columns (`depth` deep).
+fn b_block_len<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
+    depth::<T>(n, k, (mr, nr)) * n.min(NC).next_multiple_of(nr)
+}
+
+/// Elements of one task's A buffer: MC × KC, or in place one ragged sliver (`workspace_len`).
+fn a_block_len(k: usize) -> usize {
+    MC * k.min(KC)
 }
 
 /// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
@@ -166,7 +176,6 @@ fn gemm_at<T: Float>(
             c: c.transposed(),
             prepacked_b: std::ptr::null(),
             upper: false,
-            single: false,
         }
     } else {
         Problem {
@@ -178,7 +187,6 @@ fn gemm_at<T: Float>(
             c,
             prepacked_b: std::ptr::null(),
             upper: false,
-            single: false,
         }
     };
     // SAFETY: the views cover the slices checked above.
@@ -232,7 +240,6 @@ pub fn gram_upper<T: Float>(
         },
         prepacked_b: std::ptr::null(),
         upper: true,
-        single: false,
     };
     // SAFETY: the views cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
@@ -364,7 +371,6 @@ pub fn gemm_prepacked<T: Float>(
         },
         prepacked_b: packed_b.as_ptr(),
         upper: false,
-        single: false,
     };
     // SAFETY: the operands cover the slices checked above.
     unsafe { problem.run(level, mr, nr, accumulate, workspace) }
@@ -405,8 +411,6 @@ struct Problem<T> {
     /// diagonal are skipped. (The triangle's row blocks carry unequal work; the threads take
     /// them one at a time, the largest first.)
     upper: bool,
-    /// Run on the calling thread only: one thread's share of a product split by columns.
-    single: bool,
 }
 
 // SAFETY: a Problem only reads A and B (and the prepacked B) and writes disjoint tiles of C.
@@ -415,11 +419,9 @@ unsafe impl<T: Sync> Sync for Problem<T> {}
 impl<T: Float> Problem<T> {
     unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let kc_max = depth::<T>(n, k, (mr, nr));
-        let b_len = kc_max * n.min(NC).next_multiple_of(nr);
-        let a_len = MC * k.min(KC); // see `workspace_len`
+        let (b_len, a_len) = (b_block_len::<T>(n, k, (mr, nr)), a_block_len(k));
         assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
-        let threads = if m * n * k >= PARALLEL_MIN_WORK && !self.single {
+        let threads = if m * n * k >= PARALLEL_MIN_WORK {
             crate::parallel::num_threads().min((ws.len() - b_len) / a_len)
         } else {
             1
@@ -441,20 +443,29 @@ impl<T: Float> Problem<T> {
                         ptr: self.c.ptr.add(j0 * self.c.col_stride),
                         ..self.c
                     },
-                    single: true,
                     ..*self
                 };
                 // SAFETY: the parts' workspaces and columns of C are disjoint.
-                part.run(
-                    level,
-                    mr,
-                    nr,
-                    accumulate,
-                    shared.range(t * per..(t + 1) * per),
-                )
+                let ws = shared.range(t * per..(t + 1) * per);
+                part.run_on(1, level, (mr, nr), accumulate, ws)
             });
             return;
         }
+        self.run_on(threads, level, (mr, nr), accumulate, ws)
+    }
+
+    /// The product on `threads` threads sharing its row blocks (one: on the calling thread).
+    unsafe fn run_on(
+        &self,
+        threads: usize,
+        level: simd::Level,
+        (mr, nr): (usize, usize),
+        accumulate: bool,
+        ws: &mut [T],
+    ) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let kc_max = depth::<T>(n, k, (mr, nr));
+        let (b_len, a_len) = (b_block_len::<T>(n, k, (mr, nr)), a_block_len(k));
         let (b_pack, a_packs) = ws.split_at_mut(b_len);
         let slots = Slots::new(threads.min(64));
         let a_packs = crate::kernels::SharedMut::new(a_packs);
@@ -574,11 +585,10 @@ impl<T: Float> Problem<T> {
             return false;
         }
         let panels = n.div_ceil(nr);
-        let a_len = MC * k.min(KC);
         (0..threads).all(|t| {
             let width = crate::parallel::split(panels, threads, t).len() * nr;
-            let b_len = depth::<T>(width, k, (mr, nr)) * width.min(NC).next_multiple_of(nr);
-            width > REUSE_TO_PACK * nr && b_len + a_len <= ws_len / threads
+            let need = b_block_len::<T>(width, k, (mr, nr)) + a_block_len(k);
+            width > REUSE_TO_PACK * nr && need <= ws_len / threads
         })
     }
 
@@ -782,10 +792,16 @@ mod tests {
         }
     }
 
+    /// A (m×k) and B (k×n) of smooth, distinct values.
+    fn operands(m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+        let a = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        (a, b)
+    }
+
     fn check<T: Float>(m: usize, n: usize, k: usize, threads: usize, tol: f64) {
         crate::parallel::set_num_threads(threads);
-        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
-        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+        let (a, b) = operands(m, n, k);
         let (at, bt): (Vec<T>, Vec<T>) = (
             a.iter().map(|&v| T::from_f64(v)).collect(),
             b.iter().map(|&v| T::from_f64(v)).collect(),
@@ -887,8 +903,7 @@ mod tests {
         ];
         for level in levels() {
             for &(m, n, k) in &shapes {
-                let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
-                let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+                let (a, b) = operands(m, n, k);
                 let op = |data, transposed| Operand { data, transposed };
                 let product = |threads: usize, ta: bool, tb: bool, accumulate: bool| {
                     crate::parallel::set_num_threads(threads);
@@ -934,8 +949,16 @@ mod tests {
                 m,
                 n,
                 k,
-                a: op_view(&a, m, k),
-                b: op_view(&b, k, n),
+                a: Operand {
+                    data: &a,
+                    transposed: false,
+                }
+                .view(m, k),
+                b: Operand {
+                    data: &b,
+                    transposed: false,
+                }
+                .view(k, n),
                 c: Out {
                     ptr: c.as_mut_ptr(),
                     row_stride: n,
@@ -943,19 +966,10 @@ mod tests {
                 },
                 prepacked_b: std::ptr::null(),
                 upper: false,
-                single: false,
             };
             let tile = f64::tile_shape(level);
             assert!(problem.split_by_columns(2, tile, workspace_len(m, n, k, 2)));
         }
-    }
-
-    fn op_view(data: &[f64], rows: usize, cols: usize) -> View<f64> {
-        Operand {
-            data,
-            transposed: false,
-        }
-        .view(rows, cols)
     }
 
     #[test]
@@ -1023,8 +1037,7 @@ mod tests {
     fn prepacked_b_gives_the_same_product() {
         crate::parallel::set_num_threads(2);
         for &(m, n, k) in SHAPES {
-            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
-            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
+            let (a, b) = operands(m, n, k);
             let mut ws = vec![0.0; workspace_len(m, n, k, 2)];
             for tb in [false, true] {
                 let want = reference(m, n, k, &a, false, &b, tb);
