@@ -158,9 +158,70 @@ unsafe fn interleave_rows<T: Copy>(
 #[inline(always)]
 unsafe fn interleave<T: Copy, const W: usize>(src: View<T>, depth: usize, out: &mut [T]) {
     let rows: [*const T; W] = std::array::from_fn(|i| src.ptr.add(i * src.row_stride));
-    for (p, column) in out.chunks_exact_mut(W).take(depth).enumerate() {
+    debug_assert!(out.len() >= W * depth);
+    #[cfg(target_arch = "x86_64")]
+    let done = transpose_sse2::<T, W>(&rows, depth, out.as_mut_ptr());
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (p, column) in out.chunks_exact_mut(W).take(depth).enumerate().skip(done) {
         for i in 0..W {
             column[i] = *rows[i].add(p);
         }
+    }
+}
+
+/// `interleave`'s columns 0..done (returned) by 4×4 (4-byte elements) or 2×2 (8-byte) transposes
+/// in SSE2 registers, which every x86-64 CPU has; the rest is left to the caller's loop. The
+/// moves and shuffles copy bits, so any element type of that size is copied exactly. (Element
+/// by element, the compiler emitted one scalar load and store each: packing A took 6% of a
+/// 512-wide network's forward pass.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose_sse2<T, const W: usize>(
+    rows: &[*const T; W],
+    depth: usize,
+    out: *mut T,
+) -> usize {
+    use std::arch::x86_64::*;
+    match std::mem::size_of::<T>() {
+        4 if W % 4 == 0 => {
+            let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
+            let full = depth / 4 * 4;
+            for p in (0..full).step_by(4) {
+                for g in (0..W).step_by(4) {
+                    let row = |i: usize| _mm_loadu_ps(rows[g + i].add(p));
+                    let (t0, t1) = (
+                        _mm_unpacklo_ps(row(0), row(1)),
+                        _mm_unpackhi_ps(row(0), row(1)),
+                    );
+                    let (t2, t3) = (
+                        _mm_unpacklo_ps(row(2), row(3)),
+                        _mm_unpackhi_ps(row(2), row(3)),
+                    );
+                    let at = |c: usize| out.add((p + c) * W + g);
+                    _mm_storeu_ps(at(0), _mm_movelh_ps(t0, t2));
+                    _mm_storeu_ps(at(1), _mm_movehl_ps(t2, t0));
+                    _mm_storeu_ps(at(2), _mm_movelh_ps(t1, t3));
+                    _mm_storeu_ps(at(3), _mm_movehl_ps(t3, t1));
+                }
+            }
+            full
+        }
+        8 if W % 2 == 0 => {
+            let (rows, out) = (rows.map(|r| r as *const f64), out as *mut f64);
+            let full = depth / 2 * 2;
+            for p in (0..full).step_by(2) {
+                for g in (0..W).step_by(2) {
+                    let (a, b) = (
+                        _mm_loadu_pd(rows[g].add(p)),
+                        _mm_loadu_pd(rows[g + 1].add(p)),
+                    );
+                    _mm_storeu_pd(out.add(p * W + g), _mm_unpacklo_pd(a, b));
+                    _mm_storeu_pd(out.add((p + 1) * W + g), _mm_unpackhi_pd(a, b));
+                }
+            }
+            full
+        }
+        _ => 0,
     }
 }
