@@ -8,7 +8,7 @@ use crate::kernels::add_row_combination;
 use crate::kernels::elementwise::{
     binary_backward, binary_forward, unary_backward, unary_forward, Broadcast, Side,
 };
-use crate::kernels::gemm::{gemm, gemm_prepacked, Operand};
+use crate::kernels::gemm::{gemm, gemm_prepacked, Onto, Operand};
 use crate::kernels::reduce::{
     reduce_backward, reduce_forward, softmax_backward, softmax_forward, Lanes,
 };
@@ -135,22 +135,14 @@ pub(crate) fn compute_step<T: Float>(
         Op::MatMul { a, b, ta, tb } | Op::Affine { a, b, ta, tb, .. } => {
             let (m, k, n) = matmul_dims(steps, batch, (a, b), (ta, tb));
             let op = |data, transposed| Operand { data, transposed };
-            let accumulate = if let Op::Affine { bias, .. } = steps[i].op {
-                crate::kernels::fill_rows(&mut out[..m * n], &val(bias)[..n]);
-                true
-            } else {
-                false
+            // The bias is added as the kernels write the product.
+            let onto = match steps[i].op {
+                Op::Affine { bias, .. } => Onto::Rows(&val(bias)[..n]),
+                _ => Onto::Zero,
             };
             match prepacked(f.b_packed, i) {
-                Some(p) => gemm_prepacked((m, n, k), op(val(a), ta), p, out, accumulate, ws),
-                None => gemm(
-                    (m, n, k),
-                    op(val(a), ta),
-                    op(val(b), tb),
-                    out,
-                    accumulate,
-                    ws,
-                ),
+                Some(p) => gemm_prepacked((m, n, k), op(val(a), ta), p, out, onto, ws),
+                None => gemm((m, n, k), op(val(a), ta), op(val(b), tb), out, onto, ws),
             }
         }
         Op::Transpose(x) => {

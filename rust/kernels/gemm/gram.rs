@@ -7,7 +7,7 @@
 //! into a small buffer, of which only the entries not already covered are added. A G narrower
 //! than one panel (p < NR) is read past each row's end into the next row, whose columns are
 //! dropped; the last rows, where that would read past G, are added one by one.
-use super::microkernel::{Dest, Src};
+use super::microkernel::{Dest, Init, Src};
 use crate::float::Float;
 use crate::kernels::simd::Level;
 
@@ -100,7 +100,7 @@ pub(super) unsafe fn gram_direct<T: Float>(
                         col_stride: 1,
                         rows: mr,
                         cols,
-                        accumulate: add,
+                        init: Init::from(add),
                     };
                     T::tile(level, kc, src, dest);
                     continue;
@@ -111,7 +111,7 @@ pub(super) unsafe fn gram_direct<T: Float>(
                     col_stride: 1,
                     rows: mr,
                     cols,
-                    accumulate: false,
+                    init: Init::Zero,
                 };
                 T::tile(level, kc, src, dest);
                 for i in new_rows..i0 + mr {

@@ -14,8 +14,44 @@ pub struct Dest<T> {
     /// The valid part of the tile (≤ MR × NR).
     pub rows: usize,
     pub cols: usize,
-    /// C += product (else C = product, without reading C).
-    pub accumulate: bool,
+    pub init: Init<T>,
+}
+
+/// What a tile's product is added to.
+#[derive(Clone, Copy)]
+pub enum Init<T> {
+    /// Nothing: C = product, without reading C.
+    Zero,
+    /// C: C += product.
+    C,
+    /// A row (the tile's `cols` elements from here) on each of the tile's rows: C = product +
+    /// row, without reading C. A dense layer's bias so costs no pass of its own over C.
+    Row(*const T),
+}
+
+// SAFETY: a row is only read.
+unsafe impl<T: Sync> Send for Init<T> {}
+unsafe impl<T: Sync> Sync for Init<T> {}
+
+/// `true` accumulates onto C, `false` overwrites it.
+impl<T> From<bool> for Init<T> {
+    fn from(accumulate: bool) -> Self {
+        if accumulate {
+            Init::C
+        } else {
+            Init::Zero
+        }
+    }
+}
+
+impl<T> Init<T> {
+    /// This start for the tile whose first column is `j` columns further right.
+    pub fn right(self, j: usize) -> Init<T> {
+        match self {
+            Init::Row(row) => Init::Row(row.wrapping_add(j)),
+            other => other,
+        }
+    }
 }
 
 /// Where a kernel reads its operands. A: element (i, p) at `a + i·a_row + p·a_depth` (packed:
@@ -51,7 +87,11 @@ unsafe fn write_buffered<T: GemmKernel>(buf: &[T], nr: usize, d: Dest<T>) {
         for j in 0..d.cols {
             let c = d.ptr.add(i * d.row_stride + j * d.col_stride);
             let v = buf[i * nr + j];
-            *c = if d.accumulate { *c + v } else { v };
+            *c = match d.init {
+                Init::Zero => v,
+                Init::C => *c + v,
+                Init::Row(row) => v + *row.add(j),
+            };
         }
     }
 }
@@ -154,10 +194,11 @@ macro_rules! simd_kernel {
                 for i in 0..MR {
                     let out = d.ptr.add(i * d.row_stride);
                     for v in 0..V {
-                        let mut x = c[i][v];
-                        if d.accumulate {
-                            x = $add(x, $load(out.add(v * L)));
-                        }
+                        let x = match d.init {
+                            Init::Zero => c[i][v],
+                            Init::C => $add(c[i][v], $load(out.add(v * L))),
+                            Init::Row(row) => $add(c[i][v], $load(row.add(v * L))),
+                        };
                         $store(out.add(v * L), x);
                     }
                 }

@@ -15,7 +15,7 @@ pub(crate) mod mirror;
 mod pack;
 
 pub use microkernel::GemmKernel;
-use microkernel::{Dest, Src};
+use microkernel::{Dest, Init, Src};
 pub use mirror::mirror_upper;
 use pack::{pack, View};
 
@@ -113,17 +113,66 @@ fn a_block_len(k: usize) -> usize {
     MC * k.min(KC)
 }
 
-/// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n), or C += … when `accumulate`.
+/// What a product is added to: C = op(A)·op(B) + this.
+#[derive(Clone, Copy)]
+pub enum Onto<'a, T> {
+    /// Nothing (C is not read).
+    Zero,
+    /// C itself: C += op(A)·op(B).
+    C,
+    /// A row (n elements, or more) on every row of C, as a dense layer adds its bias; C is not
+    /// read. The kernels add it as they write C, which saves a pass over C.
+    Rows(&'a [T]),
+}
+
+/// `true` accumulates onto C, `false` overwrites it.
+impl<T> From<bool> for Onto<'_, T> {
+    fn from(accumulate: bool) -> Self {
+        if accumulate {
+            Onto::C
+        } else {
+            Onto::Zero
+        }
+    }
+}
+
+impl<T: Float> Onto<'_, T> {
+    /// What the kernels start from for a C of n columns. Where they do not add a row
+    /// themselves (`in_kernel` false: C transposed, or a product that takes no micro-kernel),
+    /// the rows are written into C first, and the product accumulates onto them.
+    fn init(self, c: &mut [T], (m, n): (usize, usize), in_kernel: bool) -> Init<T> {
+        match self {
+            Onto::Zero => Init::Zero,
+            Onto::C => Init::C,
+            Onto::Rows(row) => {
+                assert!(
+                    row.len() >= n,
+                    "gemm: a row of {} for {n} columns",
+                    row.len()
+                );
+                if in_kernel {
+                    Init::Row(row.as_ptr())
+                } else {
+                    crate::kernels::fill_rows(&mut c[..m * n], &row[..n]);
+                    Init::C
+                }
+            }
+        }
+    }
+}
+
+/// C (m×n, row-major) = op(A) (m×k) · op(B) (k×n) + `onto`: nothing (`false`), C (`true`:
+/// C += …) or a row on every row (`Onto::Rows`).
 /// `workspace` must hold `workspace_len(m, n, k, 1)` elements; more lets more threads work.
-pub fn gemm<T: Float>(
+pub fn gemm<'r, T: Float>(
     (m, n, k): (usize, usize, usize),
     a: Operand<T>,
     b: Operand<T>,
     c: &mut [T],
-    accumulate: bool,
+    onto: impl Into<Onto<'r, T>>,
     workspace: &mut [T],
 ) {
-    gemm_at(simd::level(), (m, n, k), a, b, c, accumulate, workspace)
+    gemm_at(simd::level(), (m, n, k), a, b, c, onto.into(), workspace)
 }
 
 /// `gemm` with the micro-kernel of `level` (tests run every level this CPU has).
@@ -133,10 +182,25 @@ fn gemm_at<T: Float>(
     a: Operand<T>,
     b: Operand<T>,
     c: &mut [T],
-    accumulate: bool,
+    onto: Onto<T>,
     workspace: &mut [T],
 ) {
     assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n);
+    let (av, bv) = (a.view(m, k), b.view(k, n));
+    let (mr, nr) = T::tile_shape(level);
+    // Vectors run along C's columns, a ragged last panel in whole vectors (NR/2); when C is
+    // narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead can pad fewer lanes (n = 4 with NR = 16
+    // pads to 8). It must save an eighth of the work: Cᵀ's tiles are written element by
+    // element down C's columns (a 10000×1000 C written so measured 1.7× slower than by rows).
+    // And Aᵀ, the new B, must not need packing (transposed) for the few slivers that read it.
+    let padded =
+        |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr / 2);
+    let new_b_in_place = av.row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
+    let transposed = 8 * padded(n, m) < 7 * padded(m, n) && new_b_in_place;
+    // The micro-kernels take k > 1, m > 1 and n > 1 (below).
+    let in_kernel = !transposed && k > 1 && m > 1 && n > 1;
+    let init = onto.init(c, (m, n), in_kernel);
+    let accumulate = matches!(init, Init::C);
     if empty_product(m, n, k, c, accumulate) {
         return;
     }
@@ -145,7 +209,7 @@ fn gemm_at<T: Float>(
         let (a, b, c) = (&a.data[..m], &b.data[..n], &mut c[..m * n]);
         return outer_product(a, b, c, accumulate);
     }
-    let (a, b) = (a.view(m, k), b.view(k, n));
+    let (a, b) = (av, bv);
     if m == 1 || n == 1 {
         // A matrix–vector product: the register-blocked kernel would pad 11 of its 12 rows.
         // SAFETY: the views cover the slices checked above.
@@ -157,16 +221,7 @@ fn gemm_at<T: Float>(
         row_stride: n,
         col_stride: 1,
     };
-    let (mr, nr) = T::tile_shape(level);
-    // Vectors run along C's columns, a ragged last panel in whole vectors (NR/2); when C is
-    // narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead can pad fewer lanes (n = 4 with NR = 16
-    // pads to 8). It must save an eighth of the work: Cᵀ's tiles are written element by
-    // element down C's columns (a 10000×1000 C written so measured 1.7× slower than by rows).
-    // And Aᵀ, the new B, must not need packing (transposed) for the few slivers that read it.
-    let padded =
-        |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr / 2);
-    let new_b_in_place = a.row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
-    let problem = if 8 * padded(n, m) < 7 * padded(m, n) && new_b_in_place {
+    let problem = if transposed {
         Problem {
             m: n,
             n: m,
@@ -189,8 +244,8 @@ fn gemm_at<T: Float>(
             upper: false,
         }
     };
-    // SAFETY: the views cover the slices checked above.
-    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+    // SAFETY: the views cover the slices checked above (and `init`'s row, C's columns).
+    unsafe { problem.run(level, mr, nr, init, workspace) }
 }
 
 /// The upper triangle (with the diagonal) of C (p×p) = GᵀG for G (n×p, row-major), or C += GᵀG
@@ -242,7 +297,7 @@ pub fn gram_upper<T: Float>(
         upper: true,
     };
     // SAFETY: the views cover the slices checked above.
-    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+    unsafe { problem.run(level, mr, nr, Init::from(accumulate), workspace) }
 }
 
 /// C (m×n) (+)= A B when m or n is 1. As a row, c (1×n') = a (1×k) B' with B' = B, or = Aᵀ and
@@ -339,17 +394,18 @@ pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) 
 }
 
 /// `gemm` with op(B) packed beforehand by `pack_whole_b` (on this CPU, for these k and n).
-pub fn gemm_prepacked<T: Float>(
+pub fn gemm_prepacked<'r, T: Float>(
     (m, n, k): (usize, usize, usize),
     a: Operand<T>,
     packed_b: &[T],
     c: &mut [T],
-    accumulate: bool,
+    onto: impl Into<Onto<'r, T>>,
     workspace: &mut [T],
 ) {
     assert!(a.data.len() >= m * k && packed_b.len() >= packed_b_len::<T>(k, n));
     assert!(c.len() >= m * n);
-    if empty_product(m, n, k, c, accumulate) {
+    let init = onto.into().init(c, (m, n), k > 0);
+    if empty_product(m, n, k, c, matches!(init, Init::C)) {
         return;
     }
     let level = simd::level();
@@ -372,8 +428,8 @@ pub fn gemm_prepacked<T: Float>(
         prepacked_b: packed_b.as_ptr(),
         upper: false,
     };
-    // SAFETY: the operands cover the slices checked above.
-    unsafe { problem.run(level, mr, nr, accumulate, workspace) }
+    // SAFETY: the operands cover the slices checked above (and `init`'s row, C's columns).
+    unsafe { problem.run(level, mr, nr, init, workspace) }
 }
 
 /// A strided mutable matrix (C).
@@ -417,7 +473,7 @@ struct Problem<T> {
 unsafe impl<T: Sync> Sync for Problem<T> {}
 
 impl<T: Float> Problem<T> {
-    unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, accumulate: bool, ws: &mut [T]) {
+    unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, init: Init<T>, ws: &mut [T]) {
         let (m, n, k) = (self.m, self.n, self.k);
         let (b_len, a_len) = (b_block_len::<T>(n, k, (mr, nr)), a_block_len(k));
         assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
@@ -447,11 +503,11 @@ impl<T: Float> Problem<T> {
                 };
                 // SAFETY: the parts' workspaces and columns of C are disjoint.
                 let ws = shared.range(t * per..(t + 1) * per);
-                part.run_on(1, level, (mr, nr), accumulate, ws)
+                part.run_on(1, level, (mr, nr), init.right(j0), ws)
             });
             return;
         }
-        self.run_on(threads, level, (mr, nr), accumulate, ws)
+        self.run_on(threads, level, (mr, nr), init, ws)
     }
 
     /// The product on `threads` threads sharing its row blocks (one: on the calling thread).
@@ -460,7 +516,7 @@ impl<T: Float> Problem<T> {
         threads: usize,
         level: simd::Level,
         (mr, nr): (usize, usize),
-        accumulate: bool,
+        init: Init<T>,
         ws: &mut [T],
     ) {
         let (m, n, k) = (self.m, self.n, self.k);
@@ -532,7 +588,8 @@ impl<T: Float> Problem<T> {
                     pack_a,
                     pack_b,
                     b_block,
-                    accumulate: accumulate || pc > 0,
+                    // C holds the blocks before this one.
+                    init: if pc > 0 { Init::C } else { init },
                 };
                 // Tasks: one per block of rows, taken by whichever thread is free (on a
                 // shared machine a thread may run slower for a while; one fixed share per
@@ -646,7 +703,7 @@ impl<T: Float> Problem<T> {
                 col_stride: self.c.col_stride,
                 rows: mr.min(mc - i0),
                 cols: nr.min(blk.nc - j0),
-                accumulate: blk.accumulate,
+                init: blk.init.right(blk.jc + j0),
             };
             T::tile(
                 level,
@@ -752,7 +809,7 @@ struct Block<'a, T> {
     pack_b: bool,
     /// B's packed block (or its one packed ragged panel when `!pack_b`).
     b_block: &'a [T],
-    accumulate: bool,
+    init: Init<T>,
 }
 
 #[cfg(test)]
@@ -807,14 +864,18 @@ mod tests {
             b.iter().map(|&v| T::from_f64(v)).collect(),
         );
         let mut ws = vec![T::zero(); workspace_len(m, n, k, threads)];
+        let row: Vec<T> = (0..n)
+            .map(|j| T::from_f64(1.5 + (j as f64).sin()))
+            .collect();
         for ta in [false, true] {
             for tb in [false, true] {
                 let want = reference(m, n, k, &a, ta, &b, tb);
-                for (level, accumulate) in
-                    levels().into_iter().flat_map(|l| [(l, false), (l, true)])
+                for (level, onto) in levels()
+                    .into_iter()
+                    .flat_map(|l| [(l, Onto::Zero), (l, Onto::C), (l, Onto::Rows(&row))])
                 {
-                    // Overwriting must not read C: start from NaN.
-                    let start = if accumulate { 1.0 } else { f64::NAN };
+                    // Only accumulating may read C: else it starts as NaN.
+                    let start = if let Onto::C = onto { 1.0 } else { f64::NAN };
                     let mut c = vec![T::from_f64(start); m * n];
                     let op = |data, transposed| Operand { data, transposed };
                     gemm_at(
@@ -823,20 +884,35 @@ mod tests {
                         op(&at, ta),
                         op(&bt, tb),
                         &mut c,
-                        accumulate,
+                        onto,
                         &mut ws,
                     );
-                    let offset = if accumulate { 1.0 } else { 0.0 };
                     for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        let offset = match onto {
+                            Onto::Zero => 0.0,
+                            Onto::C => 1.0,
+                            Onto::Rows(row) => Float::to_f64(row[i % n]),
+                        };
                         let err = (Float::to_f64(*x) - offset - y).abs();
                         assert!(
-                            err <= tol * (1.0 + y.abs()) * (k as f64).sqrt(),
-                            "{} {level:?} {m}x{n}x{k} ta={ta} tb={tb} acc={accumulate} threads={threads}: \
-                             element {i} is {x:?}, want {}", T::NAME, y + offset
+                            err <= tol * (1.0 + y.abs() + offset.abs()) * (k as f64).sqrt(),
+                            "{} {level:?} {m}x{n}x{k} ta={ta} tb={tb} onto={} \
+                             threads={threads}: element {i} is {x:?}, want {}",
+                            T::NAME,
+                            ["zero", "C", "rows"][onto_index(onto)],
+                            y + offset
                         );
                     }
                 }
             }
+        }
+    }
+
+    fn onto_index<T>(onto: Onto<T>) -> usize {
+        match onto {
+            Onto::Zero => 0,
+            Onto::C => 1,
+            Onto::Rows(_) => 2,
         }
     }
 
@@ -905,9 +981,11 @@ mod tests {
             for &(m, n, k) in &shapes {
                 let (a, b) = operands(m, n, k);
                 let op = |data, transposed| Operand { data, transposed };
-                let product = |threads: usize, ta: bool, tb: bool, accumulate: bool| {
+                let start = |i: usize| (i as f64 * 0.05).cos();
+                let row: Vec<f64> = (0..n).map(|j| 1.5 + (j as f64).sin()).collect();
+                let product = |threads: usize, ta: bool, tb: bool, onto: Onto<f64>| {
                     crate::parallel::set_num_threads(threads);
-                    let mut c: Vec<f64> = (0..m * n).map(|i| (i as f64 * 0.05).cos()).collect();
+                    let mut c: Vec<f64> = (0..m * n).map(start).collect();
                     let mut ws = vec![0.0; workspace_len(m, n, k, threads)];
                     gemm_at(
                         level,
@@ -915,26 +993,29 @@ mod tests {
                         op(&a, ta),
                         op(&b, tb),
                         &mut c,
-                        accumulate,
+                        onto,
                         &mut ws,
                     );
                     c
                 };
-                for (ta, tb, accumulate) in [(false, false, false), (true, true, true)] {
-                    let one = product(1, ta, tb, accumulate);
+                let cases = [
+                    (false, false, Onto::Zero),
+                    (true, true, Onto::C),
+                    (false, true, Onto::Rows(&row)),
+                ];
+                for (ta, tb, onto) in cases {
+                    let one = product(1, ta, tb, onto);
                     let want = reference(m, n, k, &a, ta, &b, tb);
-                    let base = |i: usize| {
-                        if accumulate {
-                            (i as f64 * 0.05).cos()
-                        } else {
-                            0.0
-                        }
+                    let base = |i: usize| match onto {
+                        Onto::Zero => 0.0,
+                        Onto::C => start(i),
+                        Onto::Rows(row) => row[i % n],
                     };
                     for (i, (x, y)) in one.iter().zip(&want).enumerate() {
-                        assert!((x - base(i) - y).abs() <= 1e-12 * (1.0 + y.abs()));
+                        assert!((x - base(i) - y).abs() <= 1e-12 * (1.0 + y.abs() + base(i)));
                     }
                     for threads in [2, 3] {
-                        let got = product(threads, ta, tb, accumulate);
+                        let got = product(threads, ta, tb, onto);
                         assert!(got
                             .iter()
                             .zip(&one)
@@ -1044,10 +1125,18 @@ mod tests {
                 let mut packed = vec![f64::NAN; packed_b_len::<f64>(k, n)];
                 let op = |data, transposed| Operand { data, transposed };
                 pack_whole_b(k, n, op(&b, tb), &mut packed);
-                let mut c = vec![f64::NAN; m * n];
-                gemm_prepacked((m, n, k), op(&a, false), &packed, &mut c, false, &mut ws);
-                for (x, y) in c.iter().zip(&want) {
-                    assert!((x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (k as f64).sqrt());
+                let row: Vec<f64> = (0..n).map(|j| 1.5 + (j as f64).sin()).collect();
+                for onto in [Onto::Zero, Onto::Rows(&row)] {
+                    let mut c = vec![f64::NAN; m * n];
+                    gemm_prepacked((m, n, k), op(&a, false), &packed, &mut c, onto, &mut ws);
+                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        let y = y + if let Onto::Rows(row) = onto {
+                            row[i % n]
+                        } else {
+                            0.0
+                        };
+                        assert!((x - y).abs() <= 1e-13 * (1.0 + y.abs()) * (k as f64).sqrt());
+                    }
                 }
             }
         }
