@@ -230,7 +230,10 @@ impl<T: Float> Tiled<T> {
                         }
                     }
                 }
-                for tile in crate::parallel::split(n_tiles, tasks, t) {
+                // Each task takes an equal share of the rows, tiled from its start: 4096 rows
+                // in 43 tiles of 96 left one thread a tile more than the other.
+                let mine = crate::parallel::split(batch, tasks, t);
+                for r0 in mine.clone().step_by(tile_rows) {
                     // The caller's thread polls for Ctrl-C; the others see its stop here.
                     if crate::interrupt::poll().is_err() {
                         stop.store(true, Ordering::Relaxed);
@@ -239,7 +242,8 @@ impl<T: Float> Tiled<T> {
                         task.error = Some(Error::Interrupted);
                         return;
                     }
-                    if let Err(e) = job.sweep_tile(t, task, tile * tile_rows) {
+                    let rows = r0..(r0 + tile_rows).min(mine.end);
+                    if let Err(e) = job.sweep_tile(t, task, rows) {
                         task.error = Some(e);
                         return;
                     }
@@ -258,23 +262,14 @@ impl<T: Float> Tiled<T> {
         }
 
         // Combine the tasks' partial sums and parameter gradients, in task order.
+        let done = &self.tasks[..tasks];
         for (i, s) in plan.steps.iter().enumerate() {
             if s.phase == Phase::Reduce {
-                let v = &mut whole.values[i];
-                v.fill(T::zero());
-                for task in &self.tasks[..tasks] {
-                    v.iter_mut()
-                        .zip(&task.partials[i])
-                        .for_each(|(v, &p)| *v += p);
-                }
+                whole.values[i].fill(T::zero());
+                add_task_sums(&mut whole.values[i], done, |task| &task.partials[i]);
             }
             if s.phase == Phase::Pre && s.needs_grad && sweeps.reverse() {
-                let a = &mut whole.adjoints[i];
-                for task in &self.tasks[..tasks] {
-                    a.iter_mut()
-                        .zip(&task.adjoints[i])
-                        .for_each(|(a, &p)| *a += p);
-                }
+                add_task_sums(&mut whole.adjoints[i], done, |task| &task.adjoints[i]);
             }
         }
         // After the tiles: the loss; then the reverse sweep of the Pre steps.
@@ -345,6 +340,28 @@ impl<T: Float> Tiled<T> {
     }
 }
 
+/// `dst` += each task's `part`, in task order, each element's sum on one thread (the threads
+/// take ranges of elements). On the calling thread alone, with baseline instructions, summing
+/// two tasks' gradients of a 512-wide network's weights took 1.1% of its value_and_grad while
+/// the other thread waited.
+fn add_task_sums<T: Float>(
+    dst: &mut [T],
+    tasks: &[TileTask<T>],
+    part: impl Fn(&TileTask<T>) -> &[T] + Sync,
+) {
+    crate::kernels::for_chunks_mut(dst, |range, out| {
+        crate::kernels::simd::dispatch(
+            #[inline(always)]
+            || {
+                for task in tasks {
+                    let p = &part(task)[range.clone()];
+                    out.iter_mut().zip(p).for_each(|(o, &p)| *o += p);
+                }
+            },
+        )
+    });
+}
+
 impl<T: Float> TileTask<T> {
     /// Buffers for tiles of `rows` rows of `plan`.
     fn new(plan: &Plan<T>, rows: usize) -> Result<Self> {
@@ -380,12 +397,18 @@ impl<T: Float> TileTask<T> {
 }
 
 impl<T: Float> TileJob<'_, T> {
-    /// One tile of rows from `r0`: forward over the Tile and Reduce steps (adding the Reduce
-    /// results to the task's partials and copying output rows out), then, when asked, the
-    /// reverse sweep over them, and the visit. `t` is the task's number.
-    fn sweep_tile(&self, t: usize, task: &mut TileTask<T>, r0: usize) -> Result<()> {
+    /// One tile of `rows` (at most `self.rows` of them): forward over the Tile and Reduce steps
+    /// (adding the Reduce results to the task's partials and copying output rows out), then,
+    /// when asked, the reverse sweep over them, and the visit. `t` is the task's number.
+    fn sweep_tile(
+        &self,
+        t: usize,
+        task: &mut TileTask<T>,
+        rows: std::ops::Range<usize>,
+    ) -> Result<()> {
         let steps = &self.plan.steps;
-        let n = self.rows.min(self.batch - r0);
+        let (r0, n) = (rows.start, rows.len());
+        debug_assert!(n <= self.rows && rows.end <= self.batch);
         let tile_args: SmallVec<[&[T]; 8]> = self
             .args
             .iter()

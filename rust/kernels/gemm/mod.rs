@@ -375,20 +375,35 @@ pub fn packed_b_len<T: Float>(k: usize, n: usize) -> usize {
 }
 
 /// Packs all of op(B) (k × n) in the order `gemm_prepacked` reads it, so products that share
-/// one B (every tile of a batch times a weight matrix) pack it once, not once each.
+/// one B (every tile of a batch times a weight matrix) pack it once, not once each. The
+/// threads share each block's panels, as `Problem::run_on` packs a block.
 pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) {
     let (mr, nr) = T::tile_shape(simd::level());
     assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
     let view = b.view(k, n);
+    let dst = crate::kernels::SharedMut::new(dst);
     // As `Problem::run` reads it; k = 0 packs nothing.
     let kc_max = depth::<T>(n, k, (mr, nr)).max(1);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
+        let panels = nc.div_ceil(nr);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
             let at = jc * k + pc * nc.next_multiple_of(nr);
-            // SAFETY: the view covers b.data, checked above.
-            unsafe { pack(view.at(pc, jc).transposed(), nc, kc, nr, &mut dst[at..]) };
+            let parts = match kc * nc >= PARALLEL_PACK_MIN {
+                true => crate::parallel::num_threads().min(panels),
+                false => 1,
+            };
+            crate::parallel::run(parts, &|t| {
+                let mine = crate::parallel::split(panels, parts, t);
+                let (j0, j1) = (mine.start * nr, (mine.end * nr).min(nc));
+                // SAFETY: the parts' panel ranges are disjoint; the view covers b.data,
+                // checked above.
+                unsafe {
+                    let dst = dst.range(at + j0 * kc..at + mine.end * nr * kc);
+                    pack(view.at(pc, jc + j0).transposed(), j1 - j0, kc, nr, dst)
+                };
+            });
         }
     }
 }
