@@ -194,6 +194,8 @@ pub(crate) fn backward_step<T: Float>(
             let (ba, bb) = (Broadcast::new(dims(a), od), Broadcast::new(dims(b), od));
             for (side, t) in [(Side::Left, a), (Side::Right, b)] {
                 if needs(t) {
+                    // In x·x the left side's contribution comes first.
+                    let assign = steps[t].first_write && !(side == Side::Right && a == b);
                     binary_backward(
                         op,
                         side,
@@ -202,6 +204,7 @@ pub(crate) fn backward_step<T: Float>(
                         (val(i), g),
                         adj!(t),
                         od,
+                        assign,
                     );
                 }
             }
@@ -249,19 +252,27 @@ pub(crate) fn backward_step<T: Float>(
         }
         Op::Transpose(x) => {
             let ((r, c), dx) = (dims(x), adj!(x));
+            let assign = steps[x].first_write;
             for row in 0..r {
                 for col in 0..c {
-                    dx[row * c + col] += g[col * r + row];
+                    let d = &mut dx[row * c + col];
+                    *d = if assign {
+                        g[col * r + row]
+                    } else {
+                        *d + g[col * r + row]
+                    };
                 }
             }
         }
+        Op::Reshape(x) if steps[x].first_write => adj!(x).copy_from_slice(g),
         Op::Reshape(x) => adj!(x).iter_mut().zip(g).for_each(|(d, &g)| *d += g),
         Op::Slice { x, start } => adj!(x)[start..start + g.len()]
             .iter_mut()
             .zip(g)
             .for_each(|(d, &g)| *d += g),
         Op::Reduce(op, axis, x) => {
-            reduce_backward(op, val(x), val(i), g, adj!(x), lanes(dims(x), axis))
+            let assign = steps[x].first_write;
+            reduce_backward(op, val(x), val(i), g, adj!(x), lanes(dims(x), axis), assign)
         }
         Op::Softmax { x, axis, log } => {
             softmax_backward(val(i), g, adj!(x), lanes(dims(x), axis), log)

@@ -226,3 +226,29 @@ def test_cross_entropy_accepts_integer_labels_and_rejects_bad_ones():
     with pytest.raises(ValueError, match="label 3"):
         f(z, np.array([0, 3, 1, 2]))
     assert np.isfinite(f(z, np.array([0, 2, 1, 2])))  # still works afterwards
+
+
+# A step whose only reader writes its whole adjoint (x·x, x·y, x·c, a sum or mean, a reshape,
+# a transpose) is assigned there, not zeroed first and added to: a gradient that picked up the
+# previous call's adjoints would be wrong from the second call on. Each function differentiates
+# a small weight through such a step, over a batch that tiles (3000 rows) where the program does
+# (a transposed batch does not tile).
+ASSIGNED_ADJOINTS = [
+    ("x*x", lambda X, w: ((X @ w) * (X @ w)).sum() + (lambda h: (h * h).sum())(X @ w)),
+    ("x*y", lambda X, w: (fa.tanh(X @ w) * (X @ (w * 2.0))).sum()),
+    ("x*c", lambda X, w: ((X @ w) * 3.0 - 1.5).sum()),
+    ("mean", lambda X, w: fa.tanh(X @ w).mean()),
+    ("reshape", lambda X, w: fa.tanh(X @ fa.tanh(w).reshape(12).reshape(3, 4)).T.sum()),
+    ("transpose", lambda X, w: fa.tanh((X @ w).T).sum()),
+]
+
+
+@pytest.mark.parametrize("name,fn", ASSIGNED_ADJOINTS, ids=[a[0] for a in ASSIGNED_ADJOINTS])
+def test_gradients_stay_right_on_repeated_calls(name, fn, threads):
+    f = fa.compile(fn, fa.spec((None, 3)), fa.spec((3, 4)), wrt=1)
+    rng = np.random.default_rng(7)
+    for call in range(3):
+        X, w = rng.normal(size=(3000, 3)) * 0.3, rng.normal(size=(3, 4))
+        value, grad = f.value_and_grad(X, w)
+        (fd,) = numeric_vjp(f, [X, w], [1], np.array(1.0))
+        assert_close_rel(grad, fd, 1e-6, f"{name}, call {call + 1}, {threads} threads")

@@ -370,7 +370,9 @@ fn partial<T: Float>(op: BinaryOp, side: Side, x: T, z: T, y: T) -> T {
     }
 }
 
-/// d(side) += reduce-over-broadcast(g * ∂(a op b)/∂side), given y = a op b and its adjoint g.
+/// d(side) += reduce-over-broadcast(g * ∂(a op b)/∂side), given y = a op b and its adjoint g;
+/// or d(side) = … when `assign` (this is d's first writer, and side is not broadcast).
+#[allow(clippy::too_many_arguments)]
 pub fn binary_backward<T: Float>(
     op: BinaryOp,
     side: Side,
@@ -379,8 +381,10 @@ pub fn binary_backward<T: Float>(
     (y, g): (&[T], &[T]),
     d: &mut [T],
     (rows, cols): (usize, usize),
+    assign: bool,
 ) {
     // One monomorphised loop per (op, side), so the common full/scalar cases vectorise.
+    #[allow(clippy::too_many_arguments)]
     fn run<T: Float>(
         df: impl Fn(T, T, T) -> T + Sync,
         side: Side,
@@ -389,8 +393,23 @@ pub fn binary_backward<T: Float>(
         (y, g): (&[T], &[T]),
         d: &mut [T],
         (rows, cols): (usize, usize),
+        assign: bool,
     ) {
         let target = if side == Side::Left { ba } else { bb };
+        // d[k] = or += the term, as `assign` says (a loop each, so that each vectorises).
+        macro_rules! put {
+            ($d:ident, $k:ident => $term:expr) => {
+                if assign {
+                    for $k in 0..$d.len() {
+                        $d[$k] = $term;
+                    }
+                } else {
+                    for $k in 0..$d.len() {
+                        $d[$k] += $term;
+                    }
+                }
+            };
+        }
         if ba.is_flat() && bb.is_flat() && target.full {
             let (sa, sb) = (!ba.full, !bb.full);
             for_chunks_mut(d, |r, d| {
@@ -402,33 +421,29 @@ pub fn binary_backward<T: Float>(
                             let (d, g) = in_registers(d, g);
                             let (a, b, y) =
                                 (&a[r.clone()][..d.len()], &b[r][..d.len()], &y[..d.len()]);
-                            for k in 0..d.len() {
-                                d[k] += g[k] * df(a[k], b[k], y[k]);
-                            }
+                            put!(d, k => g[k] * df(a[k], b[k], y[k]));
                         }
                         (false, true) => {
                             let a = &a[r];
-                            for k in 0..d.len() {
-                                d[k] += g[k] * df(a[k], b[0], y[k]);
-                            }
+                            put!(d, k => g[k] * df(a[k], b[0], y[k]));
                         }
                         (true, false) => {
                             let b = &b[r];
-                            for k in 0..d.len() {
-                                d[k] += g[k] * df(a[0], b[k], y[k]);
-                            }
+                            put!(d, k => g[k] * df(a[0], b[k], y[k]));
                         }
                         (true, true) => {
-                            for k in 0..d.len() {
-                                d[k] += g[k] * df(a[0], b[0], y[k]);
-                            }
+                            put!(d, k => g[k] * df(a[0], b[0], y[k]));
                         }
                     },
                 )
             });
         } else {
             // Broadcasting, row by row: the target's row receives g·∂ element by element, or,
-            // where one of its elements was read by the whole row, their sum.
+            // where one of its elements was read by the whole row, their sum. (The plan marks
+            // no operand that is broadcast for assignment; zeroed here were one.)
+            if assign {
+                d.fill(T::zero());
+            }
             for i in 0..rows {
                 let (g, y) = (&g[i * cols..(i + 1) * cols], &y[i * cols..(i + 1) * cols]);
                 let (x, z) = (Lane::of(a, ba, i, cols), Lane::of(b, bb, i, cols));
@@ -450,13 +465,13 @@ pub fn binary_backward<T: Float>(
             }
         }
     }
-    let args = ((a, ba), (b, bb), (y, g), d, (rows, cols));
+    let args = ((a, ba), (b, bb), (y, g), d, (rows, cols), assign);
     macro_rules! dispatch {
         ($($op:ident),*) => {
             match (op, side) {
                 $(
-                    (BinaryOp::$op, Side::Left) => run(|x, z, y| partial(BinaryOp::$op, Side::Left, x, z, y), side, args.0, args.1, args.2, args.3, args.4),
-                    (BinaryOp::$op, Side::Right) => run(|x, z, y| partial(BinaryOp::$op, Side::Right, x, z, y), side, args.0, args.1, args.2, args.3, args.4),
+                    (BinaryOp::$op, Side::Left) => run(|x, z, y| partial(BinaryOp::$op, Side::Left, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
+                    (BinaryOp::$op, Side::Right) => run(|x, z, y| partial(BinaryOp::$op, Side::Right, x, z, y), side, args.0, args.1, args.2, args.3, args.4, args.5),
                 )*
             }
         };

@@ -145,7 +145,20 @@ pub fn reduce_forward<T: Float>(op: ReduceOp, x: &[T], y: &mut [T], l: Lanes) {
 }
 
 /// dx += ∂y/∂x ᵀ g, given y = op(x).
-pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &mut [T], l: Lanes) {
+/// A sum's or mean's `dx` is assigned instead when `assign` (its first writer: the lanes cover
+/// x).
+pub fn reduce_backward<T: Float>(
+    op: ReduceOp,
+    x: &[T],
+    y: &[T],
+    g: &[T],
+    dx: &mut [T],
+    l: Lanes,
+    assign: bool,
+) {
+    if assign && op == ReduceOp::LogSumExp {
+        dx.fill(T::zero()); // (the plan marks sums and means only)
+    }
     with_fma!(F => dispatch(
         #[inline(always)]
         || {
@@ -160,10 +173,16 @@ pub fn reduce_backward<T: Float>(op: ReduceOp, x: &[T], y: &[T], g: &[T], dx: &m
                         if l.elem_stride == 1 {
                             // A contiguous lane: a plain slice loop, which vectorises.
                             let start = lane * l.lane_stride;
-                            dx[start..start + l.len].iter_mut().for_each(|d| *d += gl);
+                            let dx = &mut dx[start..start + l.len];
+                            if assign {
+                                dx.fill(gl);
+                            } else {
+                                dx.iter_mut().for_each(|d| *d += gl);
+                            }
                         } else {
                             for e in 0..l.len {
-                                dx[l.at(lane, e)] += gl;
+                                let d = &mut dx[l.at(lane, e)];
+                                *d = if assign { gl } else { *d + gl };
                             }
                         }
                     }

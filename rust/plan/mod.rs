@@ -10,7 +10,7 @@ pub mod tiling;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::ir::{BinaryOp, Graph, NodeId, Op};
+use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp};
 use crate::shape::{Dim, Shape};
 use dense_layers::DenseLayer;
 use per_sample::PerSamplePlan;
@@ -317,9 +317,11 @@ pub fn check_len(what: &str, len: usize, shape: Shape, batch: usize) -> Result<(
 }
 
 /// Sets `first_write` on the steps whose only reader overwrites their whole adjoint in its
-/// reverse sweep: a matrix product reading them as its left operand, or an elementwise
-/// function. Their adjoints are then not zeroed first (a 1000-wide tanh layer's, in every
-/// tile).
+/// reverse sweep: a matrix product reading them as its left operand, an elementwise function,
+/// a reshape or transpose, a sum or mean, or an elementwise binary op that does not broadcast
+/// into them (x·x included, whose two contributions the left side's assigns and the right's
+/// adds to). Their adjoints are then not zeroed first (a 1000-wide tanh layer's, and a
+/// squared error's, in every tile).
 fn mark_first_writes(steps: &mut [Step]) {
     let mut readers = vec![0usize; steps.len()];
     readers[steps.len() - 1] += 1; // the output's adjoint is seeded
@@ -328,10 +330,28 @@ fn mark_first_writes(steps: &mut [Step]) {
         ins[..n].iter().for_each(|&j| readers[j] += 1);
     }
     for i in 0..steps.len() {
-        if let Op::MatMul { a, .. } | Op::Affine { a, .. } | Op::Unary(_, a) = steps[i].op {
-            if readers[a] == 1 && !matches!(steps[a].op, Op::Input(_)) {
-                steps[a].first_write = true;
+        let sole = |x: usize, reads: usize| readers[x] == reads && !steps[x].op.is_given();
+        let only = |x: usize| sole(x, 1).then_some(x);
+        let marked = match steps[i].op {
+            Op::MatMul { a, .. } | Op::Affine { a, .. } | Op::Unary(_, a) => [only(a), None],
+            Op::Reshape(x) | Op::Transpose(x) => [only(x), None],
+            Op::Reduce(ReduceOp::Sum | ReduceOp::Mean, _, x) => [only(x), None],
+            Op::Binary(_, a, b) => {
+                // `binary_backward` writes a whole adjoint element by element where neither
+                // operand broadcasts, or one is a single element.
+                let full = |x: usize| steps[x].shape == steps[i].shape;
+                let single = |x: usize| !steps[x].shape.is_batched() && steps[x].shape.len(0) == 1;
+                let flat = (full(a) || single(a)) && (full(b) || single(b));
+                let mark = |x: usize| only(x).filter(|&x| flat && full(x));
+                match a == b {
+                    true => [(flat && full(a) && sole(a, 2)).then_some(a), None],
+                    false => [mark(a), mark(b)],
+                }
             }
+            _ => [None, None],
+        };
+        for x in marked.into_iter().flatten() {
+            steps[x].first_write = true;
         }
     }
 }

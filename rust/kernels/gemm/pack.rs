@@ -184,7 +184,7 @@ unsafe fn transpose_sse2<T, const W: usize>(
 ) -> usize {
     use std::arch::x86_64::*;
     match std::mem::size_of::<T>() {
-        4 if W % 4 == 0 => {
+        4 if W.is_multiple_of(4) => {
             let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
             let full = depth / 4 * 4;
             for p in (0..full).step_by(4) {
@@ -207,7 +207,7 @@ unsafe fn transpose_sse2<T, const W: usize>(
             }
             full
         }
-        8 if W % 2 == 0 => {
+        8 if W.is_multiple_of(2) => {
             let (rows, out) = (rows.map(|r| r as *const f64), out as *mut f64);
             let full = depth / 2 * 2;
             for p in (0..full).step_by(2) {
