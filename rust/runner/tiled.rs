@@ -169,8 +169,10 @@ impl<T: Float> Tiled<T> {
         sweep_phase(plan, whole, args, batch, Phase::Pre, false)?;
         self.pack_weights(plan, whole, args);
         if let Sweeps::Both(seed) = sweeps {
-            for (s, adj) in plan.steps.iter().zip(whole.adjoints.iter_mut()) {
-                if s.needs_grad && s.phase != Phase::Tile {
+            for (i, (s, adj)) in plan.steps.iter().zip(whole.adjoints.iter_mut()).enumerate() {
+                // A first writer assigns the adjoint, unless the tiles add theirs to it.
+                let assigned = s.first_write && !read_by_tiles(&plan.steps, i);
+                if s.needs_grad && s.phase != Phase::Tile && !assigned {
                     adj.fill(T::zero());
                 }
             }
@@ -226,7 +228,7 @@ impl<T: Float> Tiled<T> {
                 if sweeps.reverse() {
                     for (s, a) in plan.steps.iter().zip(task.adjoints.iter_mut()) {
                         if s.phase == Phase::Pre {
-                            a.fill(T::zero());
+                            a.fill(T::zero()); // (empty unless the tiles read the step)
                         }
                     }
                 }
@@ -262,13 +264,14 @@ impl<T: Float> Tiled<T> {
         }
 
         // Combine the tasks' partial sums and parameter gradients, in task order.
-        let done = &self.tasks[..tasks];
+        let (done, steps) = (&self.tasks[..tasks], &plan.steps);
         for (i, s) in plan.steps.iter().enumerate() {
             if s.phase == Phase::Reduce {
                 whole.values[i].fill(T::zero());
                 add_task_sums(&mut whole.values[i], done, |task| &task.partials[i]);
             }
-            if s.phase == Phase::Pre && s.needs_grad && sweeps.reverse() {
+            if s.phase == Phase::Pre && s.needs_grad && sweeps.reverse() && read_by_tiles(steps, i)
+            {
                 add_task_sums(&mut whole.adjoints[i], done, |task| &task.adjoints[i]);
             }
         }
@@ -340,6 +343,16 @@ impl<T: Float> Tiled<T> {
     }
 }
 
+/// Whether the tiles read step i (a Pre step: a weight or bias of the tiles' products), so that
+/// each task's reverse sweep adds to its adjoint. (The parameter vector it was sliced from, say,
+/// gets its gradient after the tiles, from the Pre steps' reverse sweep.)
+fn read_by_tiles(steps: &[Step], i: usize) -> bool {
+    steps.iter().any(|s| {
+        let (ins, n) = s.op.inputs();
+        matches!(s.phase, Phase::Tile | Phase::Reduce) && ins[..n].contains(&i)
+    })
+}
+
 /// `dst` += each task's `part`, in task order, each element's sum on one thread (the threads
 /// take ranges of elements). On the calling thread alone, with baseline instructions, summing
 /// two tasks' gradients of a 512-wide network's weights took 1.1% of its value_and_grad while
@@ -374,12 +387,14 @@ impl<T: Float> TileTask<T> {
             error: None,
         };
         let mut gemm = 0;
-        for s in &plan.steps {
+        for (i, s) in plan.steps.iter().enumerate() {
             let (value, adjoint) = match s.phase {
                 Phase::Tile if matches!(s.op, Op::Input(_)) => (0, s.shape.alloc_len(rows)),
                 Phase::Tile => (s.shape.alloc_len(rows), s.shape.alloc_len(rows)),
                 Phase::Reduce => (s.shape.alloc_len(0), s.shape.alloc_len(0)),
-                Phase::Pre => (0, s.shape.alloc_len(0)),
+                // Only the weights and biases the tiles read get a gradient from them.
+                Phase::Pre if read_by_tiles(&plan.steps, i) => (0, s.shape.alloc_len(0)),
+                Phase::Pre => (0, 0),
                 Phase::Post => (0, 0),
             };
             task.values.push(zeros(value)?);
