@@ -58,6 +58,8 @@ pub(crate) fn value<'v, T>(f: &Frame<'v, T>, values: &'v [Vec<T>], j: usize) -> 
     match s.op {
         Op::Input(k) => f.args[k],
         Op::Constant(_) => &table[j][..1],
+        Op::Reshape(x) if s.view => &value(f, values, x)[..s.shape.len(f.batch)],
+        Op::Slice { x, start } if s.view => &value(f, values, x)[start..][..s.shape.len(f.batch)],
         _ => &table[j][..s.shape.len(f.batch)],
     }
 }
@@ -97,7 +99,7 @@ pub(crate) fn forward_step<T: Float>(
     i: usize,
     ws: &mut [T],
 ) -> Result<()> {
-    if f.steps[i].op.is_given() {
+    if f.steps[i].op.is_given() || f.steps[i].view {
         return Ok(());
     }
     let (before, rest) = values.split_at_mut(i);

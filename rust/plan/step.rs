@@ -11,10 +11,12 @@ pub struct Step {
     pub needs_grad: bool,
     /// When a batch-tiled replay computes it (see `plan/tiling.rs`).
     pub phase: Phase,
-    /// Its adjoint is written whole by its one reader, a matrix product reading it as `a` or an
-    /// elementwise function: that reader assigns instead of adding, and the adjoint is never
-    /// zeroed first.
+    /// Its adjoint is written whole by its one reader (`mark_first_writes` says which readers
+    /// do): that reader assigns instead of adding, and the adjoint is never zeroed first.
     pub first_write: bool,
+    /// A reshape or a slice (not the output): its value is its operand's elements, read where
+    /// they are (`sweep::value`), not copied into a buffer of its own.
+    pub view: bool,
 }
 
 /// When a batch-tiled replay computes a step.

@@ -389,7 +389,9 @@ impl<T: Float> TileTask<T> {
         let mut gemm = 0;
         for (i, s) in plan.steps.iter().enumerate() {
             let (value, adjoint) = match s.phase {
-                Phase::Tile if matches!(s.op, Op::Input(_)) => (0, s.shape.alloc_len(rows)),
+                Phase::Tile if matches!(s.op, Op::Input(_)) || s.view => {
+                    (0, s.shape.alloc_len(rows))
+                }
                 Phase::Tile => (s.shape.alloc_len(rows), s.shape.alloc_len(rows)),
                 Phase::Reduce => (s.shape.alloc_len(0), s.shape.alloc_len(0)),
                 // Only the weights and biases the tiles read get a gradient from them.

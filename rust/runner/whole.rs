@@ -32,7 +32,7 @@ impl<T: Float> Whole<T> {
         let mut adjoints = Vec::with_capacity(plan.steps.len());
         for s in &plan.steps {
             let n = s.shape.alloc_len(0);
-            let value = match s.op.is_given() {
+            let value = match s.op.is_given() || s.view {
                 true => Vec::new(),
                 false => crate::buffer::filled(n, T::zero(), "a step's values")?,
             };
@@ -72,7 +72,7 @@ impl<T: Float> Whole<T> {
                 continue;
             }
             let n = s.shape.alloc_len(batch);
-            if !matches!(s.op, Op::Input(_)) {
+            if !matches!(s.op, Op::Input(_)) && !s.view {
                 crate::buffer::resize(&mut self.values[i], n, T::zero(), "a step's values")?;
             }
             if s.needs_grad {
