@@ -170,7 +170,8 @@ unsafe fn interleave<T: Copy, const W: usize>(src: View<T>, depth: usize, out: &
     }
 }
 
-/// `interleave`'s columns 0..done (returned) by 4×4 (4-byte elements) or 2×2 (8-byte) transposes
+/// `interleave`'s columns 0..done (returned) by 4×4 (4-byte elements, and 2×4 for two rows left
+/// over) or 2×2 (8-byte) transposes
 /// in SSE2 registers, which every x86-64 CPU has; the rest is left to the caller's loop. The
 /// moves and shuffles copy bits, so any element type of that size is copied exactly. (Element
 /// by element, the compiler emitted one scalar load and store each: packing A took 6% of a
@@ -184,11 +185,28 @@ unsafe fn transpose_sse2<T, const W: usize>(
 ) -> usize {
     use std::arch::x86_64::*;
     match std::mem::size_of::<T>() {
-        4 if W.is_multiple_of(4) => {
+        4 if W.is_multiple_of(2) => {
             let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
             let full = depth / 4 * 4;
             for p in (0..full).step_by(4) {
-                for g in (0..W).step_by(4) {
+                let at = |c: usize, g: usize| out.add((p + c) * W + g);
+                // Two rows left over (W = 6: AVX2's f32 slivers): pairs of 8 bytes.
+                if W % 4 == 2 {
+                    let g = W - 2;
+                    let (r0, r1) = (
+                        _mm_loadu_ps(rows[g].add(p)),
+                        _mm_loadu_ps(rows[g + 1].add(p)),
+                    );
+                    let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpackhi_ps(r0, r1));
+                    // 8-byte stores that need no alignment (movq).
+                    let (t0, t1) = (_mm_castps_si128(t0), _mm_castps_si128(t1));
+                    let pair = |c: usize| at(c, g) as *mut __m128i;
+                    _mm_storel_epi64(pair(0), t0);
+                    _mm_storel_epi64(pair(1), _mm_unpackhi_epi64(t0, t0));
+                    _mm_storel_epi64(pair(2), t1);
+                    _mm_storel_epi64(pair(3), _mm_unpackhi_epi64(t1, t1));
+                }
+                for g in (0..W - W % 4).step_by(4) {
                     let row = |i: usize| _mm_loadu_ps(rows[g + i].add(p));
                     let (t0, t1) = (
                         _mm_unpacklo_ps(row(0), row(1)),
@@ -198,11 +216,10 @@ unsafe fn transpose_sse2<T, const W: usize>(
                         _mm_unpacklo_ps(row(2), row(3)),
                         _mm_unpackhi_ps(row(2), row(3)),
                     );
-                    let at = |c: usize| out.add((p + c) * W + g);
-                    _mm_storeu_ps(at(0), _mm_movelh_ps(t0, t2));
-                    _mm_storeu_ps(at(1), _mm_movehl_ps(t2, t0));
-                    _mm_storeu_ps(at(2), _mm_movelh_ps(t1, t3));
-                    _mm_storeu_ps(at(3), _mm_movehl_ps(t3, t1));
+                    _mm_storeu_ps(at(0, g), _mm_movelh_ps(t0, t2));
+                    _mm_storeu_ps(at(1, g), _mm_movehl_ps(t2, t0));
+                    _mm_storeu_ps(at(2, g), _mm_movelh_ps(t1, t3));
+                    _mm_storeu_ps(at(3, g), _mm_movehl_ps(t3, t1));
                 }
             }
             full
