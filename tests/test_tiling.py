@@ -105,3 +105,15 @@ def test_tiled_replays_allocate_nothing_in_steady_state():
         model.value_and_grad(X, out=g)
         model(X, out=Y)
     assert fa.allocation_count() == before
+
+
+def test_wide_products_get_tiles_of_at_least_192_rows_and_narrow_ones_l2_sized_tiles():
+    # A tile of a 512-wide float32 network would hold 96 rows in its 2 MB; its 512 × 512
+    # products run 16 slivers of 12 rows instead. Seed 000's 1 → 1000 → 20 → 1 keeps fewer.
+    rng = np.random.default_rng(3)
+    wide = fa.Chain(fa.Dense(512, 512, "tanh"), fa.Dense(512, 512, "tanh"), dtype=np.float32, seed=0)
+    prog = tile_rows_of(wide, rng.normal(size=(4, 512)).astype(np.float32), loss="sse")
+    assert prog.tile_rows == 192
+    narrow = fa.Chain(fa.Dense(1, 1000), fa.Dense(1000, 20), fa.Dense(20, 1), seed=0)
+    prog = tile_rows_of(narrow, rng.normal(size=(4, 1)), loss="sse")
+    assert prog.tile_rows is not None and prog.tile_rows < 192
