@@ -186,7 +186,6 @@ fn gemm_at<T: Float>(
     workspace: &mut [T],
 ) {
     assert!(a.data.len() >= m * k && b.data.len() >= k * n && c.len() >= m * n);
-    let (av, bv) = (a.view(m, k), b.view(k, n));
     let (mr, nr) = T::tile_shape(level);
     // Vectors run along C's columns, a ragged last panel in whole vectors (NR/2); when C is
     // narrow and tall, computing Cᵀ = Bᵀ Aᵀ instead can pad fewer lanes (n = 4 with NR = 16
@@ -195,7 +194,7 @@ fn gemm_at<T: Float>(
     // And Aᵀ, the new B, must not need packing (transposed) for the few slivers that read it.
     let padded =
         |rows: usize, cols: usize| rows.next_multiple_of(mr) * cols.next_multiple_of(nr / 2);
-    let new_b_in_place = av.row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
+    let new_b_in_place = a.view(m, k).row_stride == 1 || n.div_ceil(mr) > REUSE_TO_PACK;
     let transposed = 8 * padded(n, m) < 7 * padded(m, n) && new_b_in_place;
     // The micro-kernels take k > 1, m > 1 and n > 1 (below).
     let in_kernel = !transposed && k > 1 && m > 1 && n > 1;
@@ -209,7 +208,7 @@ fn gemm_at<T: Float>(
         let (a, b, c) = (&a.data[..m], &b.data[..n], &mut c[..m * n]);
         return outer_product(a, b, c, accumulate);
     }
-    let (a, b) = (av, bv);
+    let (a, b) = (a.view(m, k), b.view(k, n));
     if m == 1 || n == 1 {
         // A matrix–vector product: the register-blocked kernel would pad 11 of its 12 rows.
         // SAFETY: the views cover the slices checked above.
