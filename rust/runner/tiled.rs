@@ -456,7 +456,7 @@ impl<T: Float> TileJob<'_, T> {
         // Without a reverse sweep, nothing reads the last step's tile value: its rows go
         // straight to the output, not through the tile's buffer (a copy was 2.5% of a 512-wide
         // network's forward pass).
-        let direct = out_is_rows && !self.sweeps.reverse() && out + 1 == steps.len();
+        let direct = out_is_rows && !self.sweeps.reverse();
         for (i, s) in steps.iter().enumerate() {
             if !in_tile(s) {
                 continue;

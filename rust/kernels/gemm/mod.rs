@@ -380,31 +380,47 @@ pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) 
     let (mr, nr) = T::tile_shape(simd::level());
     assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
     let view = b.view(k, n);
-    let dst = crate::kernels::SharedMut::new(dst);
+    let threads = crate::parallel::num_threads();
     // As `Problem::run` reads it; k = 0 packs nothing.
     let kc_max = depth::<T>(n, k, (mr, nr)).max(1);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        let panels = nc.div_ceil(nr);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
             let at = jc * k + pc * nc.next_multiple_of(nr);
-            let parts = match kc * nc >= PARALLEL_PACK_MIN {
-                true => crate::parallel::num_threads().min(panels),
-                false => 1,
-            };
-            crate::parallel::run(parts, &|t| {
-                let mine = crate::parallel::split(panels, parts, t);
-                let (j0, j1) = (mine.start * nr, (mine.end * nr).min(nc));
-                // SAFETY: the parts' panel ranges are disjoint; the view covers b.data,
-                // checked above.
-                unsafe {
-                    let dst = dst.range(at + j0 * kc..at + mine.end * nr * kc);
-                    pack(view.at(pc, jc + j0).transposed(), j1 - j0, kc, nr, dst)
-                };
-            });
+            // SAFETY: the view covers b.data, checked above.
+            unsafe { pack_b_block(view.at(pc, jc), (kc, nc), nr, threads, &mut dst[at..]) };
         }
     }
+}
+
+/// Packs the block of `b` (kc × nc, from its first element) into `dst` as panels of nr columns,
+/// slivers of Bᵀ. A large block is packed by up to `threads` threads sharing its panels; by one,
+/// the others would wait (1024³ f32 on 2 threads: 62.7 → 63.9 GFLOP/s, medians of 4 alternating
+/// runs). A small one is not worth a second dispatch.
+///
+/// # Safety
+/// `b` must address kc × nc elements.
+unsafe fn pack_b_block<T: Copy + Default + Send + Sync>(
+    b: View<T>,
+    (kc, nc): (usize, usize),
+    nr: usize,
+    threads: usize,
+    dst: &mut [T],
+) {
+    let panels = nc.div_ceil(nr);
+    let parts = match threads > 1 && kc * nc >= PARALLEL_PACK_MIN {
+        true => threads.min(panels),
+        false => 1,
+    };
+    let shared = crate::kernels::SharedMut::new(dst);
+    crate::parallel::run(parts, &|t| {
+        let mine = crate::parallel::split(panels, parts, t);
+        let (j0, j1) = (mine.start * nr, (mine.end * nr).min(nc));
+        // SAFETY: the parts' panel ranges are disjoint.
+        let dst = unsafe { shared.range(j0 * kc..mine.end * nr * kc) };
+        unsafe { pack(b.at(0, j0).transposed(), j1 - j0, kc, nr, dst) };
+    });
 }
 
 /// `gemm` with op(B) packed beforehand by `pack_whole_b` (on this CPU, for these k and n).
@@ -569,22 +585,7 @@ impl<T: Float> Problem<T> {
                     let at = prepacked.add(jc * k + pc * nc.next_multiple_of(nr));
                     std::slice::from_raw_parts(at, kc * nc.next_multiple_of(nr))
                 } else if pack_b {
-                    // Panels of nr columns are slivers of Bᵀ. A large block is packed by all
-                    // the threads; by one, the others would wait (1024³ f32 on 2 threads:
-                    // 62.7 → 63.9 GFLOP/s, medians of 4 alternating runs). A small one is not
-                    // worth a second dispatch.
-                    let shared = crate::kernels::SharedMut::new(b_block);
-                    let parts = match threads > 1 && kc * nc >= PARALLEL_PACK_MIN {
-                        true => threads.min(panels),
-                        false => 1,
-                    };
-                    crate::parallel::run(parts, &|t| {
-                        let mine = crate::parallel::split(panels, parts, t);
-                        let (j0, j1) = (mine.start * nr, (mine.end * nr).min(nc));
-                        // SAFETY: the parts' panel ranges are disjoint.
-                        let dst = unsafe { shared.range(j0 * kc..mine.end * nr * kc) };
-                        pack(self.b.at(pc, jc + j0).transposed(), j1 - j0, kc, nr, dst);
-                    });
+                    pack_b_block(self.b.at(pc, jc), (kc, nc), nr, threads, b_block);
                     b_block
                 } else {
                     if nc % nr != 0 {
@@ -870,6 +871,11 @@ mod tests {
         (a, b)
     }
 
+    /// A row of distinct values to add to every row of C (`Onto::Rows`).
+    fn bias_row(n: usize) -> Vec<f64> {
+        (0..n).map(|j| 1.5 + (j as f64).sin()).collect()
+    }
+
     fn check<T: Float>(m: usize, n: usize, k: usize, threads: usize, tol: f64) {
         crate::parallel::set_num_threads(threads);
         let (a, b) = operands(m, n, k);
@@ -878,9 +884,7 @@ mod tests {
             b.iter().map(|&v| T::from_f64(v)).collect(),
         );
         let mut ws = vec![T::zero(); workspace_len(m, n, k, threads)];
-        let row: Vec<T> = (0..n)
-            .map(|j| T::from_f64(1.5 + (j as f64).sin()))
-            .collect();
+        let row: Vec<T> = bias_row(n).iter().map(|&v| T::from_f64(v)).collect();
         for ta in [false, true] {
             for tb in [false, true] {
                 let want = reference(m, n, k, &a, ta, &b, tb);
@@ -996,7 +1000,7 @@ mod tests {
                 let (a, b) = operands(m, n, k);
                 let op = |data, transposed| Operand { data, transposed };
                 let start = |i: usize| (i as f64 * 0.05).cos();
-                let row: Vec<f64> = (0..n).map(|j| 1.5 + (j as f64).sin()).collect();
+                let row = bias_row(n);
                 let product = |threads: usize, ta: bool, tb: bool, onto: Onto<f64>| {
                     crate::parallel::set_num_threads(threads);
                     let mut c: Vec<f64> = (0..m * n).map(start).collect();
@@ -1139,7 +1143,7 @@ mod tests {
                 let mut packed = vec![f64::NAN; packed_b_len::<f64>(k, n)];
                 let op = |data, transposed| Operand { data, transposed };
                 pack_whole_b(k, n, op(&b, tb), &mut packed);
-                let row: Vec<f64> = (0..n).map(|j| 1.5 + (j as f64).sin()).collect();
+                let row = bias_row(n);
                 for onto in [Onto::Zero, Onto::Rows(&row)] {
                     let mut c = vec![f64::NAN; m * n];
                     gemm_prepacked((m, n, k), op(&a, false), &packed, &mut c, onto, &mut ws);
