@@ -516,24 +516,14 @@ impl<T: Float> Problem<T> {
         // the other, each packing all of A: 512-wide net 43.25 → 42.26 ms, classifier 50.26 →
         // 48.73 without that (Xeon, alternated in one process, 7 rounds).
         let split = threads > 1 && !crate::parallel::in_task();
-        if split && self.split_by_columns(threads, (mr, nr), ws.len()) {
+        if split && self.split_in_shares(threads, (mr, nr), ws.len()) {
             let (parts, per) = (threads, ws.len() / threads);
             let shared = crate::kernels::SharedMut::new(ws);
             crate::parallel::run(parts, &|t| {
-                let panels = crate::parallel::split(n.div_ceil(nr), parts, t);
-                let (j0, j1) = (panels.start * nr, (panels.end * nr).min(n));
-                let part = Problem {
-                    n: j1 - j0,
-                    b: self.b.at(0, j0),
-                    c: Out {
-                        ptr: self.c.ptr.add(j0 * self.c.col_stride),
-                        ..self.c
-                    },
-                    ..*self
-                };
-                // SAFETY: the parts' workspaces and columns of C are disjoint.
+                let (part, init) = self.share(parts, t, (mr, nr), init);
+                // SAFETY: the parts' workspaces and shares of C are disjoint.
                 let ws = shared.range(t * per..(t + 1) * per);
-                part.run_on(1, level, (mr, nr), init.right(j0), ws)
+                part.run_on(1, level, (mr, nr), init, ws)
             });
             return;
         }
@@ -642,26 +632,76 @@ impl<T: Float> Problem<T> {
         }
     }
 
-    /// Whether the threads should each compute a share of C's columns on their own, rather
-    /// than share its row blocks. Each then packs its own part of B, which stays in its own L2,
-    /// and runs through every block without waiting for the others; but each packs all of A.
-    /// So only where C is no taller than wide (m ≤ n: A no larger than B), and where each
-    /// share is wide enough to be blocked as the whole product is, so that results do not
-    /// depend on the thread count. Xeon, 2 threads, old and new alternated in one Rust loop:
-    /// f64 1024³ 22.49 → 20.55 ms (AVX2), 15.25 → 14.42 (AVX-512); 128×1024×1024 f32 1.31 →
-    /// 1.03 and 20×10000×1000 f32 4.32 → 3.22 (AVX-512); square f32 1–3%. Where m > n it lost:
-    /// 4096×512×512 f32 6.54 → 7.25 ms (AVX-512).
-    fn split_by_columns(&self, threads: usize, (mr, nr): (usize, usize), ws_len: usize) -> bool {
+    /// Whether the threads should each compute a share of C on their own (`share`), rather
+    /// than share its row blocks. Each then packs its own B block, which stays in its own L2,
+    /// and runs through every block without waiting for the others at the end of each.
+    ///
+    /// Where C is no taller than wide (m ≤ n, A no larger than B), the threads take shares of
+    /// C's columns: each packs its part of B, but all of A. Each share must be wide enough to
+    /// be blocked as the whole product is (`depth` depends on C's width), so that results do
+    /// not depend on the thread count. Xeon, 2 threads, old and new alternated in one Rust
+    /// loop: f64 1024³ 22.49 → 20.55 ms (AVX2), 15.25 → 14.42 (AVX-512); 128×1024×1024 f32 1.31
+    /// → 1.03 and 20×10000×1000 f32 4.32 → 3.22 (AVX-512); square f32 1–3%.
+    ///
+    /// Where C is taller than wide, the same column split lost (4096×512×512 f32, AVX-512: 6.54
+    /// → 7.25 ms): there the threads take shares of C's rows, each packing all of B, no larger
+    /// than A, and its own rows of A; the blocking does not depend on C's height. Xeon, 2
+    /// threads, row blocks → row shares alternated in one process, 5–7 rounds: 4096×784×512
+    /// f64 34.03 → 33.56 ms (AVX2), 25.88 → 24.95 (AVX-512), f32 11.20 → 10.68; 4096×512×512
+    /// f64 15.11 → 14.73 (AVX-512); 300×1000×100 f64 0.65 → 0.55; the rest level or 1–3% faster.
+    fn split_in_shares(&self, threads: usize, (mr, nr): (usize, usize), ws_len: usize) -> bool {
         let (m, n, k) = (self.m, self.n, self.k);
-        if self.upper || !self.prepacked_b.is_null() || m > n {
+        if self.upper || !self.prepacked_b.is_null() {
             return false;
+        }
+        let fits =
+            |width| b_block_len::<T>(width, k, (mr, nr)) + a_block_len(k) <= ws_len / threads;
+        if m > n {
+            return fits(n);
         }
         let panels = n.div_ceil(nr);
         (0..threads).all(|t| {
             let width = crate::parallel::split(panels, threads, t).len() * nr;
-            let need = b_block_len::<T>(width, k, (mr, nr)) + a_block_len(k);
-            width > REUSE_TO_PACK * nr && need <= ws_len / threads
+            width > REUSE_TO_PACK * nr && fits(width)
         })
+    }
+
+    /// Share `t` of `parts` (`split_in_shares`): a run of whole slivers of C's rows where C is
+    /// taller than wide, else of whole panels of its columns; with what it is added to.
+    unsafe fn share(
+        &self,
+        parts: usize,
+        t: usize,
+        (mr, nr): (usize, usize),
+        init: Init<T>,
+    ) -> (Problem<T>, Init<T>) {
+        let (m, n) = (self.m, self.n);
+        if m > n {
+            let slivers = crate::parallel::split(m.div_ceil(mr), parts, t);
+            let (i0, i1) = (slivers.start * mr, (slivers.end * mr).min(m));
+            let rows = Problem {
+                m: i1 - i0,
+                a: self.a.at(i0, 0),
+                c: Out {
+                    ptr: self.c.ptr.add(i0 * self.c.row_stride),
+                    ..self.c
+                },
+                ..*self
+            };
+            return (rows, init);
+        }
+        let panels = crate::parallel::split(n.div_ceil(nr), parts, t);
+        let (j0, j1) = (panels.start * nr, (panels.end * nr).min(n));
+        let columns = Problem {
+            n: j1 - j0,
+            b: self.b.at(0, j0),
+            c: Out {
+                ptr: self.c.ptr.add(j0 * self.c.col_stride),
+                ..self.c
+            },
+            ..*self
+        };
+        (columns, init.right(j0))
     }
 
     /// The micro-kernel over `panels` of B's block and every sliver of A's rows ic..ic+mc.
@@ -986,14 +1026,19 @@ mod tests {
     }
 
     #[test]
-    fn products_split_by_columns_match_one_thread_bit_for_bit() {
-        // C no taller than wide: each thread computes its columns alone (`split_by_columns`),
-        // C wider than one block of NC columns included, and must give one thread's result.
+    fn products_split_in_shares_match_one_thread_bit_for_bit() {
+        // Each thread computes a share of C alone (`split_in_shares`): its columns where C is
+        // no taller than wide, C wider than one block of NC columns included, else its rows.
+        // Each must give one thread's result.
         let shapes = [
             (30, 700, 300),
+            (700, 30, 300),
             (64, 1100, 260),
+            (1100, 64, 260),
             (100, 300, 40),
+            (300, 100, 40),
             (13, 2100, 9),
+            (2100, 13, 9),
         ];
         for level in levels() {
             for &(m, n, k) in &shapes {
@@ -1030,7 +1075,11 @@ mod tests {
                         Onto::Rows(row) => row[i % n],
                     };
                     for (i, (x, y)) in one.iter().zip(&want).enumerate() {
-                        assert!((x - base(i) - y).abs() <= 1e-12 * (1.0 + y.abs() + base(i)));
+                        assert!(
+                            (x - base(i) - y).abs() <= 1e-12 * (1.0 + y.abs() + base(i).abs()),
+                            "{m}x{n}x{k} {ta} {tb} {i}: {x} {} {y}",
+                            base(i)
+                        );
                     }
                     for threads in [2, 3] {
                         let got = product(threads, ta, tb, onto);
@@ -1041,33 +1090,34 @@ mod tests {
                     }
                 }
             }
-            // The first shape does take the column split, on 2 threads.
-            let (m, n, k) = shapes[0];
-            let (a, b, mut c) = (vec![0.0; m * k], vec![0.0; k * n], vec![0.0; m * n]);
-            let problem = Problem {
-                m,
-                n,
-                k,
-                a: Operand {
-                    data: &a,
-                    transposed: false,
-                }
-                .view(m, k),
-                b: Operand {
-                    data: &b,
-                    transposed: false,
-                }
-                .view(k, n),
-                c: Out {
-                    ptr: c.as_mut_ptr(),
-                    row_stride: n,
-                    col_stride: 1,
-                },
-                prepacked_b: std::ptr::null(),
-                upper: false,
-            };
-            let tile = f64::tile_shape(level);
-            assert!(problem.split_by_columns(2, tile, workspace_len(m, n, k, 2)));
+            // The first two shapes do take the split, by columns and by rows, on 2 threads.
+            for &(m, n, k) in &shapes[..2] {
+                let (a, b, mut c) = (vec![0.0; m * k], vec![0.0; k * n], vec![0.0; m * n]);
+                let problem = Problem {
+                    m,
+                    n,
+                    k,
+                    a: Operand {
+                        data: &a,
+                        transposed: false,
+                    }
+                    .view(m, k),
+                    b: Operand {
+                        data: &b,
+                        transposed: false,
+                    }
+                    .view(k, n),
+                    c: Out {
+                        ptr: c.as_mut_ptr(),
+                        row_stride: n,
+                        col_stride: 1,
+                    },
+                    prepacked_b: std::ptr::null(),
+                    upper: false,
+                };
+                let tile = f64::tile_shape(level);
+                assert!(problem.split_in_shares(2, tile, workspace_len(m, n, k, 2)));
+            }
         }
     }
 
