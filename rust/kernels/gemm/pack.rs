@@ -161,7 +161,9 @@ unsafe fn interleave<T: Copy, const W: usize>(src: View<T>, depth: usize, out: &
     debug_assert!(out.len() >= W * depth);
     #[cfg(target_arch = "x86_64")]
     let done = transpose_sse2::<T, W>(&rows, depth, out.as_mut_ptr());
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    let done = transpose_neon::<T, W>(&rows, depth, out.as_mut_ptr());
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let done = 0;
     for (p, column) in out.chunks_exact_mut(W).take(depth).enumerate().skip(done) {
         for i in 0..W {
@@ -235,6 +237,61 @@ unsafe fn transpose_sse2<T, const W: usize>(
                     );
                     _mm_storeu_pd(out.add(p * W + g), _mm_unpacklo_pd(a, b));
                     _mm_storeu_pd(out.add((p + 1) * W + g), _mm_unpackhi_pd(a, b));
+                }
+            }
+            full
+        }
+        _ => 0,
+    }
+}
+
+/// `transpose_sse2` for aarch64: 4×4 (4-byte elements) or 2×2 (8-byte) transposes in NEON
+/// registers, which every aarch64 CPU has (`trn` and `zip` copy bits, as the loads and stores
+/// do). Widths that are not a multiple of the transpose are left to the caller's loop.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn transpose_neon<T, const W: usize>(
+    rows: &[*const T; W],
+    depth: usize,
+    out: *mut T,
+) -> usize {
+    use std::arch::aarch64::*;
+    match std::mem::size_of::<T>() {
+        4 if W.is_multiple_of(4) => {
+            let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
+            let full = depth / 4 * 4;
+            for p in (0..full).step_by(4) {
+                for g in (0..W).step_by(4) {
+                    let row = |i: usize| vld1q_f32(rows[g + i].add(p));
+                    // Pairs of rows interleaved, then their 8-byte halves.
+                    let (t0, t1) = (vtrn1q_f32(row(0), row(1)), vtrn2q_f32(row(0), row(1)));
+                    let (t2, t3) = (vtrn1q_f32(row(2), row(3)), vtrn2q_f32(row(2), row(3)));
+                    let halves = |lo: float32x4_t, hi: float32x4_t, first: bool| {
+                        let (lo, hi) = (vreinterpretq_f64_f32(lo), vreinterpretq_f64_f32(hi));
+                        let both = if first {
+                            vzip1q_f64(lo, hi)
+                        } else {
+                            vzip2q_f64(lo, hi)
+                        };
+                        vreinterpretq_f32_f64(both)
+                    };
+                    let at = |c: usize| out.add((p + c) * W + g);
+                    vst1q_f32(at(0), halves(t0, t2, true));
+                    vst1q_f32(at(1), halves(t1, t3, true));
+                    vst1q_f32(at(2), halves(t0, t2, false));
+                    vst1q_f32(at(3), halves(t1, t3, false));
+                }
+            }
+            full
+        }
+        8 if W.is_multiple_of(2) => {
+            let (rows, out) = (rows.map(|r| r as *const f64), out as *mut f64);
+            let full = depth / 2 * 2;
+            for p in (0..full).step_by(2) {
+                for g in (0..W).step_by(2) {
+                    let (a, b) = (vld1q_f64(rows[g].add(p)), vld1q_f64(rows[g + 1].add(p)));
+                    vst1q_f64(out.add(p * W + g), vzip1q_f64(a, b));
+                    vst1q_f64(out.add((p + 1) * W + g), vzip2q_f64(a, b));
                 }
             }
             full
