@@ -24,12 +24,6 @@ use crate::kernels::simd;
 
 /// Depth of a packed block (rows of B's panels, columns of A's slivers), at most.
 const KC: usize = 256;
-/// Bytes of a packed sliver of A at most, which bounds the depth below KC for wide elements: the
-/// micro-kernel keeps B's panel in L1 while A's slivers stream through, and a larger sliver
-/// crowds the panel out. AVX-512 f64 (slivers of 12 rows of 8 bytes) so packs 128 deep, not
-/// 256. Xeon, f64 on 2 threads (old and new builds alternated, 9 rounds): 1024³ 16.8 → 15.3 ms,
-/// 2000×256×3000 23.7 → 21.4. f32 keeps 256: its 128-deep blocks ran 2–10% slower.
-const SLIVER_BYTES: usize = 12 << 10;
 /// When A is read in place, its blocks go deeper (`depth`): up to DEEP_KC, while B's block
 /// stays within DEEP_B elements (in L2).
 const DEEP_KC: usize = 1024;
@@ -40,6 +34,11 @@ const _: () = assert!(12 * DEEP_KC <= MC * KC);
 const MC: usize = 120;
 /// Columns of B packed at once: a multiple of every NR (32, 16, 8 and 4).
 const NC: usize = 1024;
+/// Bytes of B's packed block at most, where C is wide enough for the depth to be KC (`Blocking`):
+/// 1024 columns in f32 and 512 in f64, 256 deep. On the Xeon the block stays in half of one
+/// core's L2 (2 MB), beside A's block; where L2 is smaller (512 kB on AMD's Zen 2 and 3), it is
+/// read from L3, as f32's blocks always were.
+const B_BLOCK_BYTES: usize = 1 << 20;
 /// A packed block must be read by more than this many slivers (or panels) to be worth packing.
 const REUSE_TO_PACK: usize = 4;
 /// Elements of a B block below which one thread packs it.
@@ -84,28 +83,61 @@ pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
     b_block + threads.max(1) * a_block_len(k)
 }
 
-/// The depth of the blocks of a product whose C has `n` columns, with the kernel's (MR, NR)
-/// tile: at most KC, or as deep as a sliver of SLIVER_BYTES. Where A's slivers meet too few
-/// panels to be worth packing, A is read in place, its rows streaming from memory, and rows cut
-/// into pieces of KC elements (16 cache lines in f32) stream slower than longer ones:
-/// 10000×1000×20 on 2 threads, 9.8 → 7.6 ms in f32 and 14.8 → 12.1 in f64 with a depth of 1000
-/// against 256 (AVX2; benches/GEMM.md). The depth is then evened out over the blocks k needs:
-/// 784 = 4 × 196, not 3 × 256 + 16, whose last block would read and write all of C for 16
-/// multiply-adds per element (Xeon, 2 threads, in-process alternation: 4096×784×512 f32 at AVX2
-/// 15.16 → 14.34 ms, 1024×784×1024 8.18 → 7.51; f64 at AVX-512 11.02 → 10.69).
-fn depth<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
-    let nc = n.min(NC);
-    let most = if nc.div_ceil(nr) > REUSE_TO_PACK {
-        KC.min(SLIVER_BYTES / (mr * std::mem::size_of::<T>()))
-    } else {
-        (DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC)
-    };
-    k.div_ceil(k.div_ceil(most).max(1))
+/// How B is cut into the blocks packed at once: `depth` rows of op(B) by `width` columns (the
+/// last block of each may be shorter).
+#[derive(Clone, Copy)]
+struct Blocking {
+    depth: usize,
+    width: usize,
 }
 
-/// Elements of B's packed block for a product whose C has `n` columns (`depth` deep).
-fn b_block_len<T>(n: usize, k: usize, (mr, nr): (usize, usize)) -> usize {
-    depth::<T>(n, k, (mr, nr)) * n.min(NC).next_multiple_of(nr)
+impl Blocking {
+    /// The blocking of a product whose C has `n` columns, with the kernel's panels of `nr`.
+    ///
+    /// The depth is at most KC. Where A's slivers meet too few panels to be worth packing, A is
+    /// read in place, its rows streaming from memory, and rows cut into pieces of KC elements
+    /// (16 cache lines in f32) stream slower than longer ones: 10000×1000×20 on 2 threads, 9.8
+    /// → 7.6 ms in f32 and 14.8 → 12.1 in f64 with a depth of 1000 against 256 (AVX2;
+    /// benches/GEMM.md). The depth is then evened out over the blocks k needs: 784 = 4 × 196,
+    /// not 3 × 256 + 16, whose last block would read and write all of C for 16 multiply-adds per
+    /// element (Xeon, 2 threads, in-process alternation: 4096×784×512 f32 at AVX2 15.16 → 14.34
+    /// ms, 1024×784×1024 8.18 → 7.51; f64 at AVX-512 11.02 → 10.69).
+    ///
+    /// The width is at most NC, and as wide as keeps the block within B_BLOCK_BYTES. Before,
+    /// AVX-512's f64 blocks went 128 deep, not 256, so that an A sliver (12 rows) and a B panel
+    /// stayed in L1 together, and 1024 wide. But each block reads and writes all of C, and
+    /// since the threads each compute a share of C (`split_in_shares`), twice the blocks cost
+    /// more than L1 saved. Xeon, f64 at AVX-512, 2 threads, 128 deep and 1024 wide → 256 and
+    /// 512, alternated in one process (5 rounds): 1024³ 17.18 → 15.37 ms, 1024×784×1024 12.80 →
+    /// 11.94, 4096×784×512 24.22 → 23.15, 4096×512×512 15.99 → 15.20, 512×512×4096 16.86 →
+    /// 16.11; the 512-wide f64 network's value_and_grad 94.5 → 86.6. It lost on 2000×256×3000
+    /// (19.80 → 20.83) and 2048³ (117.8 → 120.2), which read A more often in narrower blocks.
+    /// At AVX2 (256 deep already), 512×512×4096 went from 1.11× to 1.00× NumPy's time. 256
+    /// deep and 1024 wide (a block as large as L2) lost more.
+    fn of<T>(n: usize, k: usize, nr: usize) -> Blocking {
+        let nc = n.min(NC);
+        let wide = nc.div_ceil(nr) > REUSE_TO_PACK;
+        let most = match wide {
+            true => KC,
+            false => (DEEP_B / nc.max(1).next_multiple_of(nr)).clamp(KC, DEEP_KC),
+        };
+        let depth = k.div_ceil(k.div_ceil(most).max(1));
+        // A narrow C is one block wide (its depth keeps the block within DEEP_B).
+        let width = match wide {
+            true => {
+                let fits = B_BLOCK_BYTES / std::mem::size_of::<T>();
+                (fits / depth.max(1) / 32 * 32).clamp(32, NC)
+            }
+            false => NC,
+        };
+        Blocking { depth, width }
+    }
+}
+
+/// Elements of B's packed block for a product whose C has `n` columns (`Blocking`).
+fn b_block_len<T>(n: usize, k: usize, nr: usize) -> usize {
+    let blocking = Blocking::of::<T>(n, k, nr);
+    blocking.depth * n.min(blocking.width).next_multiple_of(nr)
 }
 
 /// Elements of one task's A buffer: MC × KC, or in place one ragged sliver (`workspace_len`).
@@ -377,14 +409,15 @@ pub fn packed_b_len<T: Float>(k: usize, n: usize) -> usize {
 /// one B (every tile of a batch times a weight matrix) pack it once, not once each. The
 /// threads share each block's panels, as `Problem::run_on` packs a block.
 pub fn pack_whole_b<T: Float>(k: usize, n: usize, b: Operand<T>, dst: &mut [T]) {
-    let (mr, nr) = T::tile_shape(simd::level());
+    let nr = T::tile_shape(simd::level()).1;
     assert!(b.data.len() >= k * n && dst.len() >= packed_b_len::<T>(k, n));
     let view = b.view(k, n);
     let threads = crate::parallel::num_threads();
     // As `Problem::run` reads it; k = 0 packs nothing.
-    let kc_max = depth::<T>(n, k, (mr, nr)).max(1);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
+    let blocking = Blocking::of::<T>(n, k, nr);
+    let kc_max = blocking.depth.max(1);
+    for jc in (0..n).step_by(blocking.width) {
+        let nc = blocking.width.min(n - jc);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
             let at = jc * k + pc * nc.next_multiple_of(nr);
@@ -505,7 +538,7 @@ unsafe impl<T: Sync> Sync for Problem<T> {}
 impl<T: Float> Problem<T> {
     unsafe fn run(&self, level: simd::Level, mr: usize, nr: usize, init: Init<T>, ws: &mut [T]) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let (b_len, a_len) = (b_block_len::<T>(n, k, (mr, nr)), a_block_len(k));
+        let (b_len, a_len) = (b_block_len::<T>(n, k, nr), a_block_len(k));
         assert!(ws.len() >= b_len + a_len, "gemm workspace too small");
         let threads = if m * n * k >= PARALLEL_MIN_WORK {
             crate::parallel::num_threads().min((ws.len() - b_len) / a_len)
@@ -516,7 +549,7 @@ impl<T: Float> Problem<T> {
         // the other, each packing all of A: 512-wide net 43.25 → 42.26 ms, classifier 50.26 →
         // 48.73 without that (Xeon, alternated in one process, 7 rounds).
         let split = threads > 1 && !crate::parallel::in_task();
-        if split && self.split_in_shares(threads, (mr, nr), ws.len()) {
+        if split && self.split_in_shares(threads, nr, ws.len()) {
             let (parts, per) = (threads, ws.len() / threads);
             let shared = crate::kernels::SharedMut::new(ws);
             crate::parallel::run(parts, &|t| {
@@ -540,8 +573,9 @@ impl<T: Float> Problem<T> {
         ws: &mut [T],
     ) {
         let (m, n, k) = (self.m, self.n, self.k);
-        let kc_max = depth::<T>(n, k, (mr, nr));
-        let (b_len, a_len) = (b_block_len::<T>(n, k, (mr, nr)), a_block_len(k));
+        let blocking = Blocking::of::<T>(n, k, nr);
+        let kc_max = blocking.depth;
+        let (b_len, a_len) = (b_block_len::<T>(n, k, nr), a_block_len(k));
         let (b_pack, a_packs) = ws.split_at_mut(b_len);
         let slots = Slots::new(threads.min(64));
         let a_packs = crate::kernels::SharedMut::new(a_packs);
@@ -563,8 +597,8 @@ impl<T: Float> Problem<T> {
             let s = crate::parallel::split(slivers, blocks, b);
             s.start * mr..(s.end * mr).min(m)
         };
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
+        for jc in (0..n).step_by(blocking.width) {
+            let nc = blocking.width.min(n - jc);
             let panels = nc.div_ceil(nr);
             let pack_a = panels > REUSE_TO_PACK;
             for pc in (0..k).step_by(kc_max.max(1)) {
@@ -649,13 +683,12 @@ impl<T: Float> Problem<T> {
     /// threads, row blocks → row shares alternated in one process, 5–7 rounds: 4096×784×512
     /// f64 34.03 → 33.56 ms (AVX2), 25.88 → 24.95 (AVX-512), f32 11.20 → 10.68; 4096×512×512
     /// f64 15.11 → 14.73 (AVX-512); 300×1000×100 f64 0.65 → 0.55; the rest level or 1–3% faster.
-    fn split_in_shares(&self, threads: usize, (mr, nr): (usize, usize), ws_len: usize) -> bool {
+    fn split_in_shares(&self, threads: usize, nr: usize, ws_len: usize) -> bool {
         let (m, n, k) = (self.m, self.n, self.k);
         if self.upper || !self.prepacked_b.is_null() {
             return false;
         }
-        let fits =
-            |width| b_block_len::<T>(width, k, (mr, nr)) + a_block_len(k) <= ws_len / threads;
+        let fits = |width| b_block_len::<T>(width, k, nr) + a_block_len(k) <= ws_len / threads;
         if m > n {
             return fits(n);
         }
@@ -994,6 +1027,8 @@ mod tests {
         (300, 1, 37),
         // A B block large enough for the threads to pack it together (ragged last panel).
         (30, 700, 300),
+        // B wider than one block (`Blocking::width`), the last one ragged.
+        (30, 1100, 300),
         // Narrow C, A read in place: blocks deeper than KC, the last one ragged.
         (45, 20, 2100),
         (31, 9, 1300),
@@ -1116,7 +1151,7 @@ mod tests {
                     upper: false,
                 };
                 let tile = f64::tile_shape(level);
-                assert!(problem.split_in_shares(2, tile, workspace_len(m, n, k, 2)));
+                assert!(problem.split_in_shares(2, tile.1, workspace_len(m, n, k, 2)));
             }
         }
     }
@@ -1149,9 +1184,8 @@ mod tests {
                 ] {
                     let nr = tile.1;
                     for cols in [n2, m2] {
-                        let deepest =
-                            depth::<f32>(cols, k2, tile).max(depth::<f64>(cols, k2, tile));
-                        let b_block = deepest * cols.min(NC).next_multiple_of(nr);
+                        let b_block =
+                            b_block_len::<f32>(cols, k2, nr).max(b_block_len::<f64>(cols, k2, nr));
                         let need = b_block + MC * k2.min(KC);
                         assert!(
                             need <= room,
