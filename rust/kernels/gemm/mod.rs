@@ -1,14 +1,15 @@
 //! Matrix multiply: the one module the rest of the crate calls for `C (+)= op(A) op(B)`.
 //!
-//! The BLIS design: C is computed in blocks of NC columns × KC depth (deeper where A is read
-//! in place: `depth`); each B block is packed into panels of NR columns (kept in L1 by the
+//! The BLIS design: C is computed in blocks of B up to NC columns (fewer in f64) × KC depth
+//! (deeper where A is read in place: `Blocking`); each B block is packed into panels of NR columns (kept in L1 by the
 //! micro-kernel), each A block of MC rows into slivers of MR rows (kept in L2), and a
 //! register-blocked micro-kernel (microkernel.rs, chosen at run time for AVX-512, AVX2+FMA,
 //! NEON on aarch64, or none) does the MR×NR tiles. Packing
 //! buffers come from a caller-owned workspace (`workspace_len`), so a product allocates
-//! nothing. Large products split the tiles over the thread pool (row blocks, or, where C is no
-//! taller than wide, a share of C's columns per thread: `split_by_columns`); each tile is
-//! computed by one thread in a fixed order, so results do not depend on the thread count.
+//! nothing. Large products split over the thread pool: each thread a share of C's rows or
+//! columns (`split_in_shares`), or (C's upper triangle, a prepacked B) row blocks that the
+//! threads share; each tile is computed by one thread in a fixed order, so results do not
+//! depend on the thread count.
 mod gram;
 pub(crate) mod microkernel;
 pub(crate) mod mirror;
@@ -24,7 +25,7 @@ use crate::kernels::simd;
 
 /// Depth of a packed block (rows of B's panels, columns of A's slivers), at most.
 const KC: usize = 256;
-/// When A is read in place, its blocks go deeper (`depth`): up to DEEP_KC, while B's block
+/// When A is read in place, its blocks go deeper (`Blocking`): up to DEEP_KC, while B's block
 /// stays within DEEP_B elements (in L2).
 const DEEP_KC: usize = 1024;
 const DEEP_B: usize = 1 << 15;
@@ -73,7 +74,7 @@ impl<T> Operand<'_, T> {
 }
 
 /// Elements of workspace a product of these sizes needs with `threads` threads: also enough
-/// for any smaller product (a ragged tile's), as it must be, although `depth` is not monotone.
+/// for any smaller product (a ragged tile's), as it must be, although `Blocking`'s depth is not monotone.
 pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
     // B's block, at most KC deep, or DEEP_B elements; C or Cᵀ may be computed (`gemm_at`).
     let cols = m.max(n).min(NC).next_multiple_of(32);
@@ -672,10 +673,11 @@ impl<T: Float> Problem<T> {
     ///
     /// Where C is no taller than wide (m ≤ n, A no larger than B), the threads take shares of
     /// C's columns: each packs its part of B, but all of A. Each share must be wide enough to
-    /// be blocked as the whole product is (`depth` depends on C's width), so that results do
-    /// not depend on the thread count. Xeon, 2 threads, old and new alternated in one Rust
-    /// loop: f64 1024³ 22.49 → 20.55 ms (AVX2), 15.25 → 14.42 (AVX-512); 128×1024×1024 f32 1.31
-    /// → 1.03 and 20×10000×1000 f32 4.32 → 3.22 (AVX-512); square f32 1–3%.
+    /// be as deep as the whole product's blocks (`Blocking`: a narrow C gets deeper ones), so
+    /// that results do not depend on the thread count. Xeon, 2 threads, old and new alternated
+    /// in one Rust loop: f64 1024³ 22.49 → 20.55 ms (AVX2), 15.25 → 14.42 (AVX-512);
+    /// 128×1024×1024 f32 1.31 → 1.03 and 20×10000×1000 f32 4.32 → 3.22 (AVX-512); square f32
+    /// 1–3%.
     ///
     /// Where C is taller than wide, the same column split lost (4096×512×512 f32, AVX-512: 6.54
     /// → 7.25 ms): there the threads take shares of C's rows, each packing all of B, no larger
@@ -1150,15 +1152,15 @@ mod tests {
                     prepacked_b: std::ptr::null(),
                     upper: false,
                 };
-                let tile = f64::tile_shape(level);
-                assert!(problem.split_in_shares(2, tile.1, workspace_len(m, n, k, 2)));
+                let nr = f64::tile_shape(level).1;
+                assert!(problem.split_in_shares(2, nr, workspace_len(m, n, k, 2)));
             }
         }
     }
 
     #[test]
     fn a_workspace_holds_every_product_no_larger() {
-        // `depth` goes deeper for narrow C, so a smaller product (a ragged tile's) may use a
+        // `Blocking` goes deeper for narrow C, so a smaller product (a ragged tile's) may use a
         // deeper B block: the bound must still hold it, whichever way round C is computed and
         // whatever the panels' width.
         let dims = [1, 4, 8, 9, 16, 20, 31, 32, 33, 64, 65, 128, 129, 300, 1100];
