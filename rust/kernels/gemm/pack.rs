@@ -159,10 +159,8 @@ unsafe fn interleave_rows<T: Copy>(
 unsafe fn interleave<T: Copy, const W: usize>(src: View<T>, depth: usize, out: &mut [T]) {
     let rows: [*const T; W] = std::array::from_fn(|i| src.ptr.add(i * src.row_stride));
     debug_assert!(out.len() >= W * depth);
-    #[cfg(target_arch = "x86_64")]
-    let done = transpose_sse2::<T, W>(&rows, depth, out.as_mut_ptr());
-    #[cfg(target_arch = "aarch64")]
-    let done = transpose_neon::<T, W>(&rows, depth, out.as_mut_ptr());
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    let done = transpose_in_registers::<T, W>(&rows, depth, out.as_mut_ptr());
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let done = 0;
     for (p, column) in out.chunks_exact_mut(W).take(depth).enumerate().skip(done) {
@@ -172,56 +170,32 @@ unsafe fn interleave<T: Copy, const W: usize>(src: View<T>, depth: usize, out: &
     }
 }
 
-/// `interleave`'s columns 0..done (returned) by 4×4 (4-byte elements, and 2×4 for two rows left
-/// over) or 2×2 (8-byte) transposes
-/// in SSE2 registers, which every x86-64 CPU has; the rest is left to the caller's loop. The
-/// moves and shuffles copy bits, so any element type of that size is copied exactly. (Element
-/// by element, the compiler emitted one scalar load and store each: packing A took 6% of a
-/// 512-wide network's forward pass.)
-#[cfg(target_arch = "x86_64")]
+/// `interleave`'s columns 0..done (returned) by transposes in 128-bit registers, which every
+/// x86-64 (SSE2) and aarch64 (NEON) CPU has: 4×4 blocks of 4-byte elements (with two rows
+/// left over, W = 6 in AVX2's f32 slivers, as 2×4), 2×2 of 8-byte ones; the rest is left to
+/// the caller's loop. The moves and shuffles copy bits, so any element type of that size is
+/// copied exactly. (Element by element, the compiler emitted one scalar load and store each:
+/// packing A took 6% of a 512-wide network's forward pass.)
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
-unsafe fn transpose_sse2<T, const W: usize>(
+unsafe fn transpose_in_registers<T, const W: usize>(
     rows: &[*const T; W],
     depth: usize,
     out: *mut T,
 ) -> usize {
-    use std::arch::x86_64::*;
     match std::mem::size_of::<T>() {
         4 if W.is_multiple_of(2) => {
             let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
             let full = depth / 4 * 4;
             for p in (0..full).step_by(4) {
-                let at = |c: usize, g: usize| out.add((p + c) * W + g);
-                // Two rows left over (W = 6: AVX2's f32 slivers): pairs of 8 bytes.
+                for g in (0..W - W % 4).step_by(4) {
+                    let block = std::array::from_fn(|i| rows[g + i].add(p));
+                    registers::transpose_4x4(block, out.add(p * W + g), W);
+                }
                 if W % 4 == 2 {
                     let g = W - 2;
-                    let (r0, r1) = (
-                        _mm_loadu_ps(rows[g].add(p)),
-                        _mm_loadu_ps(rows[g + 1].add(p)),
-                    );
-                    let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpackhi_ps(r0, r1));
-                    // 8-byte stores that need no alignment (movq).
-                    let (t0, t1) = (_mm_castps_si128(t0), _mm_castps_si128(t1));
-                    let pair = |c: usize| at(c, g) as *mut __m128i;
-                    _mm_storel_epi64(pair(0), t0);
-                    _mm_storel_epi64(pair(1), _mm_unpackhi_epi64(t0, t0));
-                    _mm_storel_epi64(pair(2), t1);
-                    _mm_storel_epi64(pair(3), _mm_unpackhi_epi64(t1, t1));
-                }
-                for g in (0..W - W % 4).step_by(4) {
-                    let row = |i: usize| _mm_loadu_ps(rows[g + i].add(p));
-                    let (t0, t1) = (
-                        _mm_unpacklo_ps(row(0), row(1)),
-                        _mm_unpackhi_ps(row(0), row(1)),
-                    );
-                    let (t2, t3) = (
-                        _mm_unpacklo_ps(row(2), row(3)),
-                        _mm_unpackhi_ps(row(2), row(3)),
-                    );
-                    _mm_storeu_ps(at(0, g), _mm_movelh_ps(t0, t2));
-                    _mm_storeu_ps(at(1, g), _mm_movehl_ps(t2, t0));
-                    _mm_storeu_ps(at(2, g), _mm_movelh_ps(t1, t3));
-                    _mm_storeu_ps(at(3, g), _mm_movehl_ps(t3, t1));
+                    let pair = [rows[g].add(p), rows[g + 1].add(p)];
+                    registers::transpose_2x4(pair, out.add(p * W + g), W);
                 }
             }
             full
@@ -231,12 +205,8 @@ unsafe fn transpose_sse2<T, const W: usize>(
             let full = depth / 2 * 2;
             for p in (0..full).step_by(2) {
                 for g in (0..W).step_by(2) {
-                    let (a, b) = (
-                        _mm_loadu_pd(rows[g].add(p)),
-                        _mm_loadu_pd(rows[g + 1].add(p)),
-                    );
-                    _mm_storeu_pd(out.add(p * W + g), _mm_unpacklo_pd(a, b));
-                    _mm_storeu_pd(out.add((p + 1) * W + g), _mm_unpackhi_pd(a, b));
+                    let pair = [rows[g].add(p), rows[g + 1].add(p)];
+                    registers::transpose_2x2(pair, out.add(p * W + g), W);
                 }
             }
             full
@@ -245,57 +215,139 @@ unsafe fn transpose_sse2<T, const W: usize>(
     }
 }
 
-/// `transpose_sse2` for aarch64: 4×4 (4-byte elements) or 2×2 (8-byte) transposes in NEON
-/// registers, which every aarch64 CPU has (`trn` and `zip` copy bits, as the loads and stores
-/// do). Widths that are not a multiple of the transpose are left to the caller's loop.
+/// The transposes of `transpose_in_registers`, in SSE2. Each reads its rows' first elements
+/// and writes column c of the block at `out + c·stride`.
+#[cfg(target_arch = "x86_64")]
+mod registers {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    pub unsafe fn transpose_4x4(rows: [*const f32; 4], out: *mut f32, stride: usize) {
+        let row = |i: usize| _mm_loadu_ps(rows[i]);
+        let (t0, t1) = (
+            _mm_unpacklo_ps(row(0), row(1)),
+            _mm_unpackhi_ps(row(0), row(1)),
+        );
+        let (t2, t3) = (
+            _mm_unpacklo_ps(row(2), row(3)),
+            _mm_unpackhi_ps(row(2), row(3)),
+        );
+        _mm_storeu_ps(out, _mm_movelh_ps(t0, t2));
+        _mm_storeu_ps(out.add(stride), _mm_movehl_ps(t2, t0));
+        _mm_storeu_ps(out.add(2 * stride), _mm_movelh_ps(t1, t3));
+        _mm_storeu_ps(out.add(3 * stride), _mm_movehl_ps(t3, t1));
+    }
+
+    /// Two rows of 4: four columns of 2, as 8-byte stores that need no alignment (movq).
+    #[inline(always)]
+    pub unsafe fn transpose_2x4(rows: [*const f32; 2], out: *mut f32, stride: usize) {
+        let (r0, r1) = (_mm_loadu_ps(rows[0]), _mm_loadu_ps(rows[1]));
+        let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpackhi_ps(r0, r1));
+        let (t0, t1) = (_mm_castps_si128(t0), _mm_castps_si128(t1));
+        let column = |c: usize| out.add(c * stride) as *mut __m128i;
+        _mm_storel_epi64(column(0), t0);
+        _mm_storel_epi64(column(1), _mm_unpackhi_epi64(t0, t0));
+        _mm_storel_epi64(column(2), t1);
+        _mm_storel_epi64(column(3), _mm_unpackhi_epi64(t1, t1));
+    }
+
+    #[inline(always)]
+    pub unsafe fn transpose_2x2(rows: [*const f64; 2], out: *mut f64, stride: usize) {
+        let (a, b) = (_mm_loadu_pd(rows[0]), _mm_loadu_pd(rows[1]));
+        _mm_storeu_pd(out, _mm_unpacklo_pd(a, b));
+        _mm_storeu_pd(out.add(stride), _mm_unpackhi_pd(a, b));
+    }
+}
+
+/// The transposes of `transpose_in_registers`, in NEON (`trn` and `zip` copy bits, as the
+/// loads and stores do). Each reads its rows' first elements and writes column c of the block
+/// at `out + c·stride`.
 #[cfg(target_arch = "aarch64")]
-#[inline(always)]
-unsafe fn transpose_neon<T, const W: usize>(
-    rows: &[*const T; W],
-    depth: usize,
-    out: *mut T,
-) -> usize {
+mod registers {
     use std::arch::aarch64::*;
-    match std::mem::size_of::<T>() {
-        4 if W.is_multiple_of(4) => {
-            let (rows, out) = (rows.map(|r| r as *const f32), out as *mut f32);
-            let full = depth / 4 * 4;
-            for p in (0..full).step_by(4) {
-                for g in (0..W).step_by(4) {
-                    let row = |i: usize| vld1q_f32(rows[g + i].add(p));
-                    // Pairs of rows interleaved, then their 8-byte halves.
-                    let (t0, t1) = (vtrn1q_f32(row(0), row(1)), vtrn2q_f32(row(0), row(1)));
-                    let (t2, t3) = (vtrn1q_f32(row(2), row(3)), vtrn2q_f32(row(2), row(3)));
-                    let halves = |lo: float32x4_t, hi: float32x4_t, first: bool| {
-                        let (lo, hi) = (vreinterpretq_f64_f32(lo), vreinterpretq_f64_f32(hi));
-                        let both = if first {
-                            vzip1q_f64(lo, hi)
-                        } else {
-                            vzip2q_f64(lo, hi)
-                        };
-                        vreinterpretq_f32_f64(both)
-                    };
-                    let at = |c: usize| out.add((p + c) * W + g);
-                    vst1q_f32(at(0), halves(t0, t2, true));
-                    vst1q_f32(at(1), halves(t1, t3, true));
-                    vst1q_f32(at(2), halves(t0, t2, false));
-                    vst1q_f32(at(3), halves(t1, t3, false));
+
+    #[inline(always)]
+    pub unsafe fn transpose_4x4(rows: [*const f32; 4], out: *mut f32, stride: usize) {
+        let row = |i: usize| vld1q_f32(rows[i]);
+        // Pairs of rows interleaved, then their 8-byte halves.
+        let (t0, t1) = (vtrn1q_f32(row(0), row(1)), vtrn2q_f32(row(0), row(1)));
+        let (t2, t3) = (vtrn1q_f32(row(2), row(3)), vtrn2q_f32(row(2), row(3)));
+        let halves = |lo: float32x4_t, hi: float32x4_t, first: bool| {
+            let (lo, hi) = (vreinterpretq_f64_f32(lo), vreinterpretq_f64_f32(hi));
+            let both = match first {
+                true => vzip1q_f64(lo, hi),
+                false => vzip2q_f64(lo, hi),
+            };
+            vreinterpretq_f32_f64(both)
+        };
+        vst1q_f32(out, halves(t0, t2, true));
+        vst1q_f32(out.add(stride), halves(t1, t3, true));
+        vst1q_f32(out.add(2 * stride), halves(t0, t2, false));
+        vst1q_f32(out.add(3 * stride), halves(t1, t3, false));
+    }
+
+    /// Two rows of 4: four columns of 2 (8-byte stores).
+    #[inline(always)]
+    pub unsafe fn transpose_2x4(rows: [*const f32; 2], out: *mut f32, stride: usize) {
+        let (r0, r1) = (vld1q_f32(rows[0]), vld1q_f32(rows[1]));
+        let (lo, hi) = (vzip1q_f32(r0, r1), vzip2q_f32(r0, r1));
+        vst1_f32(out, vget_low_f32(lo));
+        vst1_f32(out.add(stride), vget_high_f32(lo));
+        vst1_f32(out.add(2 * stride), vget_low_f32(hi));
+        vst1_f32(out.add(3 * stride), vget_high_f32(hi));
+    }
+
+    #[inline(always)]
+    pub unsafe fn transpose_2x2(rows: [*const f64; 2], out: *mut f64, stride: usize) {
+        let (a, b) = (vld1q_f64(rows[0]), vld1q_f64(rows[1]));
+        vst1q_f64(out, vzip1q_f64(a, b));
+        vst1q_f64(out.add(stride), vzip2q_f64(a, b));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pack` of a sliver whose rows are contiguous, at every width the kernels use (in
+    /// registers where the width allows, W = 6's pairs included, on x86-64 and aarch64), against
+    /// the definition, bit for bit: depths that leave a remainder for the element loop, and
+    /// values whose bits a float move could alter (a signalling NaN's payload, −0.0).
+    fn check<T: Copy + Default + PartialEq + std::fmt::Debug>(value: impl Fn(usize) -> T) {
+        for width in [4, 6, 8, 12, 16, 32] {
+            for depth in [1, 2, 3, 4, 5, 7, 8, 9, 13] {
+                let stride = depth + 3;
+                let src: Vec<T> = (0..width * stride).map(&value).collect();
+                let view = View {
+                    ptr: src.as_ptr(),
+                    row_stride: stride,
+                    col_stride: 1,
+                };
+                let mut out = vec![T::default(); width * depth];
+                // SAFETY: the view addresses width rows of `depth` ≤ stride elements.
+                unsafe { pack(view, width, depth, width, &mut out) };
+                for p in 0..depth {
+                    for i in 0..width {
+                        assert_eq!(out[p * width + i], src[i * stride + p], "{width}×{depth}");
+                    }
                 }
             }
-            full
         }
-        8 if W.is_multiple_of(2) => {
-            let (rows, out) = (rows.map(|r| r as *const f64), out as *mut f64);
-            let full = depth / 2 * 2;
-            for p in (0..full).step_by(2) {
-                for g in (0..W).step_by(2) {
-                    let (a, b) = (vld1q_f64(rows[g].add(p)), vld1q_f64(rows[g + 1].add(p)));
-                    vst1q_f64(out.add(p * W + g), vzip1q_f64(a, b));
-                    vst1q_f64(out.add((p + 1) * W + g), vzip2q_f64(a, b));
-                }
-            }
-            full
-        }
-        _ => 0,
+    }
+
+    #[test]
+    fn contiguous_rows_are_packed_exactly_at_every_width() {
+        let bits32 = |i: usize| match i % 5 {
+            0 => 0x7fa0_0001 + i as u32, // signalling NaNs
+            1 => 0x8000_0000,            // −0.0
+            _ => (i as u32).wrapping_mul(0x9e37_79b9),
+        };
+        let bits64 = |i: usize| match i % 5 {
+            0 => 0x7ff4_0000_0000_0001 + i as u64,
+            1 => 0x8000_0000_0000_0000,
+            _ => (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        };
+        check(bits32);
+        check(bits64);
     }
 }
