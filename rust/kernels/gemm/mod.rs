@@ -74,14 +74,22 @@ impl<T> Operand<'_, T> {
 }
 
 /// Elements of workspace a product of these sizes needs with `threads` threads: also enough
-/// for any smaller product (a ragged tile's), as it must be, although `Blocking`'s depth is not monotone.
+/// for any smaller product (a ragged tile's), as it must be, although `Blocking`'s depth is not
+/// monotone.
 pub fn workspace_len(m: usize, n: usize, k: usize, threads: usize) -> usize {
-    // B's block, at most KC deep, or DEEP_B elements; C or Cᵀ may be computed (`gemm_at`).
-    let cols = m.max(n).min(NC).next_multiple_of(32);
-    let b_block = (k.min(KC) * cols).max((k * cols).min(DEEP_B));
-    // A's blocks, one per thread: MC × KC, or in place one ragged sliver of mr ≤ 12 rows,
-    // which DEEP_KC ≤ MC · KC / 12 keeps within that.
-    b_block + threads.max(1) * a_block_len(k)
+    let threads = threads.max(1);
+    // A B block `cols` wide: at most KC deep, or DEEP_B elements.
+    let b_block = |cols: usize| {
+        let cols = cols.min(NC).next_multiple_of(32);
+        (k.min(KC) * cols).max((k * cols).min(DEEP_B))
+    };
+    // One B block that the threads share, of C's width or of Cᵀ's (`gemm_at`), and A's blocks,
+    // one per thread: MC × KC, or in place one ragged sliver of mr ≤ 12 rows, which DEEP_KC ≤
+    // MC · KC / 12 keeps within that.
+    let shared = b_block(m.max(n)) + threads * a_block_len(k);
+    // Or each thread its own B block, for its share of the columns (`split_in_shares`).
+    let shares = threads * (b_block(m.max(n).div_ceil(threads)) + a_block_len(k));
+    shared.max(shares)
 }
 
 /// How B is cut into the blocks packed at once: `depth` rows of op(B) by `width` columns (the
@@ -685,6 +693,12 @@ impl<T: Float> Problem<T> {
     /// threads, row blocks → row shares alternated in one process, 5–7 rounds: 4096×784×512
     /// f64 34.03 → 33.56 ms (AVX2), 25.88 → 24.95 (AVX-512), f32 11.20 → 10.68; 4096×512×512
     /// f64 15.11 → 14.73 (AVX-512); 300×1000×100 f64 0.65 → 0.55; the rest level or 1–3% faster.
+    /// Each share is at least a block of rows (MC), or packing all of B would outweigh it.
+    ///
+    /// The workspace has room for a B block per thread (`workspace_len`). Before it had, a
+    /// short C wider than two blocks (f32) ran in row blocks: 256×1024×4096 f32 at AVX-512 went
+    /// from 1.22× to 1.03× NumPy's time, 512×512×4096 from 1.11× to 1.03× (5 alternated
+    /// processes each).
     fn split_in_shares(&self, threads: usize, nr: usize, ws_len: usize) -> bool {
         let (m, n, k) = (self.m, self.n, self.k);
         if self.upper || !self.prepacked_b.is_null() {
@@ -692,7 +706,8 @@ impl<T: Float> Problem<T> {
         }
         let fits = |width| b_block_len::<T>(width, k, nr) + a_block_len(k) <= ws_len / threads;
         if m > n {
-            return fits(n);
+            // Each thread packs all of B: for at least a block of rows.
+            return m / threads >= MC && fits(n);
         }
         let panels = n.div_ceil(nr);
         (0..threads).all(|t| {
@@ -1127,35 +1142,51 @@ mod tests {
                     }
                 }
             }
-            // The first two shapes do take the split, by columns and by rows, on 2 threads.
-            for &(m, n, k) in &shapes[..2] {
-                let (a, b, mut c) = (vec![0.0; m * k], vec![0.0; k * n], vec![0.0; m * n]);
-                let problem = Problem {
-                    m,
-                    n,
-                    k,
-                    a: Operand {
-                        data: &a,
-                        transposed: false,
-                    }
-                    .view(m, k),
-                    b: Operand {
-                        data: &b,
-                        transposed: false,
-                    }
-                    .view(k, n),
-                    c: Out {
-                        ptr: c.as_mut_ptr(),
-                        row_stride: n,
-                        col_stride: 1,
-                    },
-                    prepacked_b: std::ptr::null(),
-                    upper: false,
-                };
-                let nr = f64::tile_shape(level).1;
-                assert!(problem.split_in_shares(2, nr, workspace_len(m, n, k, 2)));
+            // The first two shapes do take the split, by columns and by rows, on 2 threads;
+            // a short C as wide as four blocks does too, with `workspace_len`'s room for a B
+            // block per thread; C's rows are not split into shares of less than a block.
+            for &shape in &shapes[..2] {
+                assert!(takes_shares::<f64>(level, shape, 2), "{shape:?}");
             }
+            assert!(takes_shares::<f32>(level, (40, 4100, 300), 2));
+            assert!(!takes_shares::<f64>(level, (200, 30, 300), 2));
         }
+    }
+
+    /// Whether a product of this shape, with `workspace_len`'s workspace, is split in shares.
+    fn takes_shares<T: Float>(
+        level: simd::Level,
+        (m, n, k): (usize, usize, usize),
+        threads: usize,
+    ) -> bool {
+        let (a, b, mut c) = (
+            vec![T::zero(); m * k],
+            vec![T::zero(); k * n],
+            vec![T::zero(); m * n],
+        );
+        let op = |data, rows, cols| {
+            Operand {
+                data,
+                transposed: false,
+            }
+            .view(rows, cols)
+        };
+        let problem = Problem {
+            m,
+            n,
+            k,
+            a: op(&a, m, k),
+            b: op(&b, k, n),
+            c: Out {
+                ptr: c.as_mut_ptr(),
+                row_stride: n,
+                col_stride: 1,
+            },
+            prepacked_b: std::ptr::null(),
+            upper: false,
+        };
+        let nr = T::tile_shape(level).1;
+        problem.split_in_shares(threads, nr, workspace_len(m, n, k, threads))
     }
 
     #[test]
