@@ -1,15 +1,15 @@
 //! Matrix multiply: the one module the rest of the crate calls for `C (+)= op(A) op(B)`.
 //!
 //! The BLIS design: C is computed in blocks of B up to NC columns (fewer in f64) × KC depth
-//! (deeper where A is read in place: `Blocking`); each B block is packed into panels of NR columns (kept in L1 by the
-//! micro-kernel), each A block of MC rows into slivers of MR rows (kept in L2), and a
-//! register-blocked micro-kernel (microkernel.rs, chosen at run time for AVX-512, AVX2+FMA,
-//! NEON on aarch64, or none) does the MR×NR tiles. Packing
-//! buffers come from a caller-owned workspace (`workspace_len`), so a product allocates
-//! nothing. Large products split over the thread pool: each thread a share of C's rows or
-//! columns (`split_in_shares`), or (C's upper triangle, a prepacked B) row blocks that the
-//! threads share; each tile is computed by one thread in a fixed order, so results do not
-//! depend on the thread count.
+//! (deeper where A is read in place: `Blocking`); each B block is packed into panels of NR
+//! columns (kept in L1 by the micro-kernel), each A block of MC rows into slivers of MR rows
+//! (kept in L2), and a register-blocked micro-kernel (microkernel.rs, chosen at run time for
+//! AVX-512, AVX2+FMA, NEON on aarch64, or none) does the MR×NR tiles. Packing buffers come
+//! from a caller-owned workspace (`workspace_len`), so a product allocates nothing. Large
+//! products split over the thread pool: each thread a share of C's rows or columns
+//! (`split_in_shares`), or (C's upper triangle, a prepacked B) row blocks that the threads
+//! share; each tile is computed by one thread in a fixed order, so results do not depend on
+//! the thread count.
 mod gram;
 pub(crate) mod microkernel;
 pub(crate) mod mirror;
