@@ -40,6 +40,11 @@ pub struct TilePlan {
     pub grad_in_one_pass: bool,
     /// A batched output's rows can go straight to the caller (`writes_output_directly`).
     pub output_direct: bool,
+    /// Per step: whether the tiles (a Tile or Reduce step) read it. A Pre step they read is a
+    /// weight or bias of their products, whose adjoint each task's reverse sweep adds to. (The
+    /// parameter vector it was sliced from, say, gets its gradient after the tiles, from the
+    /// Pre steps' reverse sweep.)
+    pub read_by_tiles: Vec<bool>,
 }
 
 fn batched_first(s: &Shape) -> bool {
@@ -79,10 +84,19 @@ pub(crate) fn plan(steps: &mut [Step], elem_bytes: usize) -> Option<TilePlan> {
         && !steps
             .iter()
             .any(|s| matches!(s.op, Op::TakeAlongRows { .. }));
+    let read_by_tiles = (0..steps.len())
+        .map(|i| {
+            steps.iter().any(|s| {
+                let (ins, n) = s.op.inputs();
+                matches!(s.phase, Phase::Tile | Phase::Reduce) && ins[..n].contains(&i)
+            })
+        })
+        .collect();
     Some(TilePlan {
         rows: rows / ROW_QUANTUM * ROW_QUANTUM,
         grad_in_one_pass,
         output_direct,
+        read_by_tiles,
     })
 }
 

@@ -171,7 +171,7 @@ impl<T: Float> Tiled<T> {
         if let Sweeps::Both(seed) = sweeps {
             for (i, (s, adj)) in plan.steps.iter().zip(whole.adjoints.iter_mut()).enumerate() {
                 // A first writer assigns the adjoint, unless the tiles add theirs to it.
-                let assigned = s.first_write && !read_by_tiles(&plan.steps, i);
+                let assigned = s.first_write && !tiling.read_by_tiles[i];
                 if s.needs_grad && s.phase != Phase::Tile && !assigned {
                     adj.fill(T::zero());
                 }
@@ -264,13 +264,13 @@ impl<T: Float> Tiled<T> {
         }
 
         // Combine the tasks' partial sums and parameter gradients, in task order.
-        let (done, steps) = (&self.tasks[..tasks], &plan.steps);
+        let done = &self.tasks[..tasks];
         for (i, s) in plan.steps.iter().enumerate() {
             if s.phase == Phase::Reduce {
                 whole.values[i].fill(T::zero());
                 add_task_sums(&mut whole.values[i], done, |task| &task.partials[i]);
             }
-            if s.phase == Phase::Pre && s.needs_grad && sweeps.reverse() && read_by_tiles(steps, i)
+            if s.phase == Phase::Pre && s.needs_grad && sweeps.reverse() && tiling.read_by_tiles[i]
             {
                 add_task_sums(&mut whole.adjoints[i], done, |task| &task.adjoints[i]);
             }
@@ -343,16 +343,6 @@ impl<T: Float> Tiled<T> {
     }
 }
 
-/// Whether the tiles read step i (a Pre step: a weight or bias of the tiles' products), so that
-/// each task's reverse sweep adds to its adjoint. (The parameter vector it was sliced from, say,
-/// gets its gradient after the tiles, from the Pre steps' reverse sweep.)
-fn read_by_tiles(steps: &[Step], i: usize) -> bool {
-    steps.iter().any(|s| {
-        let (ins, n) = s.op.inputs();
-        matches!(s.phase, Phase::Tile | Phase::Reduce) && ins[..n].contains(&i)
-    })
-}
-
 /// `dst` += each task's `part`, in task order, each element's sum on one thread (the threads
 /// take ranges of elements). On the calling thread alone, with baseline instructions, summing
 /// two tasks' gradients of a 512-wide network's weights took 1.1% of its value_and_grad while
@@ -395,7 +385,9 @@ impl<T: Float> TileTask<T> {
                 Phase::Tile => (s.shape.alloc_len(rows), s.shape.alloc_len(rows)),
                 Phase::Reduce => (s.shape.alloc_len(0), s.shape.alloc_len(0)),
                 // Only the weights and biases the tiles read get a gradient from them.
-                Phase::Pre if read_by_tiles(&plan.steps, i) => (0, s.shape.alloc_len(0)),
+                Phase::Pre if plan.tiling.as_ref().is_some_and(|t| t.read_by_tiles[i]) => {
+                    (0, s.shape.alloc_len(0))
+                }
                 Phase::Pre => (0, 0),
                 Phase::Post => (0, 0),
             };
