@@ -445,11 +445,8 @@ def test_every_loss_taking_method_has_the_same_default_loss():
     assert set(defaults.values()) == {"sse"}, defaults
 
 
-def test_fastad_simd_caps_the_kernels_and_they_agree():
-    """FASTAD_SIMD=baseline runs the portable kernels (a fresh process: the level is chosen
-    once); a product and a network's gradient agree with the native level's; an unknown value
-    warns and is ignored."""
-    code = """
+# A product and a network's gradient, saved to stdout (kernel levels must agree on them).
+PRODUCT_AND_GRADIENT = """
 import sys, warnings
 warnings.simplefilter("error")
 import numpy as np, fastad as fa
@@ -460,22 +457,61 @@ model = fa.Chain(fa.Dense(5, 33, "tanh"), fa.Dense(33, 2), dtype=np.float64, see
 X, Y = rng.standard_normal((3000, 5)), rng.standard_normal((3000, 2))
 np.save(sys.stdout.buffer, np.concatenate([f(A, B).ravel(), model.value_and_grad(X, Y)[1]]))
 """
+
+
+def product_and_gradient(env) -> np.ndarray:
     import io
+    r = subprocess.run([sys.executable, "-c", PRODUCT_AND_GRADIENT], capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    return np.load(io.BytesIO(r.stdout))
+
+
+def test_fastad_simd_caps_the_kernels_and_they_agree():
+    """FASTAD_SIMD=baseline runs the portable kernels (a fresh process: the level is chosen
+    once); a product and a network's gradient agree with the native level's; an unknown value
+    warns and is ignored."""
     native_env = {k: v for k, v in os.environ.items() if k != "FASTAD_SIMD"}
     env = dict(native_env, FASTAD_SIMD="baseline")
     r = subprocess.run([sys.executable, "-c", "import fastad as fa; print(fa.instruction_set(),"
                         " fa._narrower_instruction_sets())"], capture_output=True, text=True,
                        env=env)
     assert r.stdout == "baseline []\n", r.stdout + r.stderr
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, env=e)
-            for e in (env, native_env)]
-    assert all(p.returncode == 0 for p in runs), [p.stderr for p in runs]
-    got, want = (np.load(io.BytesIO(p.stdout)) for p in runs)
+    got, want = product_and_gradient(env), product_and_gradient(native_env)
     assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
     bad = subprocess.run([sys.executable, "-W", "always", "-c", "import fastad as fa; "
                           "print(fa.instruction_set() in ('avx512', 'avx2', 'baseline'))"],
                          capture_output=True, text=True, env=dict(os.environ, FASTAD_SIMD="sse9"))
     assert bad.stdout == "True\n" and "FASTAD_SIMD='sse9' is not one of" in bad.stderr, bad
+
+
+CPUID_CAP_SOURCE = os.path.join(os.path.dirname(__file__), os.pardir, "benches", "cpuid_cap.c")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="CPUID faulting is Linux on x86-64")
+def test_a_cpu_reporting_fewer_features_gets_narrower_kernels_that_agree(tmp_path):
+    """Under benches/cpuid_cap.c the process sees a CPU without AVX-512 (then without AVX):
+    fastad's own detection, not FASTAD_SIMD, must pick avx2 (then baseline), and the product
+    and gradient must agree with the native level's."""
+    with open("/proc/cpuinfo") as f:
+        if "cpuid_fault" not in f.read().split():
+            pytest.skip("this CPU (or its hypervisor) cannot fault CPUID")
+    lib = tmp_path / "cpuid_cap.so"
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-o", str(lib),
+                        CPUID_CAP_SOURCE], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"no C compiler to build the CPUID shim: {e}")
+    native_env = {k: v for k, v in os.environ.items() if k != "FASTAD_SIMD"}
+    level = [sys.executable, "-c", "import fastad as fa; print(fa.instruction_set())"]
+    native = subprocess.run(level, capture_output=True, text=True, env=native_env).stdout.strip()
+    want = product_and_gradient(native_env)
+    for cap, expected in (("avx2", "avx2" if native in ("avx512", "avx2") else native),
+                          ("sse4", "baseline")):
+        env = dict(native_env, CPUID_CAP=cap, LD_PRELOAD=str(lib))
+        r = subprocess.run(level, capture_output=True, text=True, env=env)
+        assert (r.returncode, r.stdout) == (0, expected + "\n"), (cap, r.stdout + r.stderr)
+        assert np.allclose(product_and_gradient(env), want, rtol=1e-12, atol=1e-12), cap
 
 
 def test_the_benchmark_table_names_its_instruction_set_and_caps_shares_of_the_peak(capsys):
