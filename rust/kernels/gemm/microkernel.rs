@@ -116,7 +116,13 @@ unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
     write_buffered(acc.as_flattened(), NR, d);
 }
 
-const PORTABLE: (usize, usize) = (4, 8);
+/// The portable kernel's tiles: 8 (f32) or 16 (f64) of SSE2's 16 registers for accumulators
+/// at 4 × 8, 8 at 4 × 4 in f64. At 4 × 8 the f64 accumulators alone took all 16: with every
+/// library held to SSE4 (benches/as_cpu.sh sse4, Xeon, 2 threads), fastad ÷ OpenBLAS went 1.25
+/// → 1.14 (1024³), 1.28 → 1.11 (4096×784×512), 1.29 → 1.11 (4096×512×512), 1.06 → 0.95
+/// (10000×20×1000) at 4 × 4; 6 × 4 measured the same on the large ones, 1.01 on the shallow.
+const PORTABLE_F32: (usize, usize) = (4, 8);
+const PORTABLE_F64: (usize, usize) = (4, 4);
 
 /// A SIMD kernel (x86 or NEON) with MR rows and `V` vectors of `lanes` per row: V = 2 for
 /// full tiles (NR = 2·lanes), V = 1 for an edge panel with at most `lanes` live columns, which
@@ -386,14 +392,14 @@ simd_kernel!(
 
 macro_rules! impl_kernel {
     ($t:ty, $avx512:ident, $avx512_shape:expr, $avx2:ident, $avx2_quarter:ident,
-     $avx2_shape:expr, $neon:ident, $neon_shape:expr) => {
+     $avx2_shape:expr, $neon:ident, $neon_shape:expr, $portable:ident) => {
         impl GemmKernel for $t {
             fn tile_shape(level: Level) -> (usize, usize) {
                 match level {
                     Level::Avx512 => $avx512_shape,
                     Level::Avx2 => $avx2_shape,
                     Level::Neon => $neon_shape,
-                    Level::Baseline => PORTABLE,
+                    Level::Baseline => $portable,
                 }
             }
             fn edge_cols(level: Level, cols: usize) -> usize {
@@ -442,7 +448,7 @@ macro_rules! impl_kernel {
                     (Level::Neon, true, true) => $neon::<true, 1>(kc, s, d),
                     #[cfg(target_arch = "aarch64")]
                     (Level::Neon, false, true) => $neon::<false, 1>(kc, s, d),
-                    _ => tile_portable::<Self, { PORTABLE.0 }, { PORTABLE.1 }>(kc, s, d),
+                    _ => tile_portable::<Self, { $portable.0 }, { $portable.1 }>(kc, s, d),
                 }
             }
         }
@@ -457,7 +463,8 @@ impl_kernel!(
     f32_avx2_quarter,
     (6, 16),
     f32_neon,
-    (12, 8)
+    (12, 8),
+    PORTABLE_F32
 );
 impl_kernel!(
     f64,
@@ -467,5 +474,6 @@ impl_kernel!(
     f64_avx2_quarter,
     (6, 8),
     f64_neon,
-    (12, 4)
+    (12, 4),
+    PORTABLE_F64
 );
