@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 import fastad as fa
-from fastad._bench import median_seconds
+from fastad._bench import jax_or_none, median_seconds
 
 SHAPES = [(1024, 1024, 1024), (4096, 784, 512), (4096, 512, 512), (10000, 1000, 20),
           (10000, 20, 1000)]
@@ -31,14 +31,11 @@ def _candidates(m: int, k: int, n: int, dtype) -> dict:
     C = np.empty((m, n), dtype)
     product = fa.compile(lambda a, b: a @ b, A, B)
     runs = {"fastad": lambda: product(A, B, out=C), "NumPy": lambda: np.matmul(A, B, out=C)}
-    try:
-        import jax
-        jax.config.update("jax_enable_x64", True)
+    jax = jax_or_none()
+    if jax is not None:
         jitted = jax.jit(lambda a, b: a @ b)
         a, b = jax.numpy.asarray(A), jax.numpy.asarray(B)
         runs["JAX"] = lambda: jax.block_until_ready(jitted(a, b))
-    except ImportError:
-        pass
     expected = A.astype(np.float64) @ B.astype(np.float64)
     product(A, B, out=C)
     scale = np.abs(expected).max()

@@ -2,6 +2,7 @@
 installed), all measured in the same run. Used by ``python -m fastad`` and ``benches/compare.py``."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -49,6 +50,20 @@ def eam_numpy(x):
     return rho**2 + rho**3 + 0.25 * rho**4
 
 
+@functools.lru_cache(maxsize=None)
+def jax_or_none():
+    """JAX with float64 enabled, or None where it is not installed or cannot run: jaxlib is
+    built for AVX and refuses a CPU without it (RuntimeError), such as benches/as_cpu.sh sse4
+    presents. Imported once: a second import after that failure fails otherwise."""
+    try:
+        import jax
+        import jax.numpy  # noqa: F401
+    except (ImportError, RuntimeError):
+        return None
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
 def eam_grad_numpy(x, g):
     e = np.exp(-3.0 * (x + 1.0))
     rho = e.sum()
@@ -57,12 +72,10 @@ def eam_grad_numpy(x, g):
 
 
 def _peer_jax(n: int) -> List[Tuple[str, Callable[[], object]]]:
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+    jax = jax_or_none()
+    if jax is None:
         return []
-    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
 
     def f(x):
         rho = jnp.sum(jnp.exp(-3.0 * (x + 1.0)))
@@ -141,12 +154,10 @@ def _timed(cases, repeat: int = 7) -> List[Tuple[str, float]]:
 
 
 def _seed000_jax(weights, X):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+    jax = jax_or_none()
+    if jax is None:
         return []
-    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
 
     def loss(params, x):
         h = x
@@ -238,11 +249,10 @@ def classifier_rows(peers: bool, n: int = 4096) -> List[Tuple[str, float]]:
 def _jax_value_and_grad(model, X, labels, loss: str):
     """JAX's jit(value_and_grad) of `model`'s loss ("sse", or "cross_entropy" with integer
     labels) with respect to its layers' weights and biases, or None without JAX."""
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+    jax = jax_or_none()
+    if jax is None:
         return None
+    jnp = jax.numpy
     acts = {"tanh": jnp.tanh, None: lambda h: h}
     layers = [(jnp.asarray(l.weight), jnp.asarray(l.bias), acts[l.activation])
               for l in model.layers]
@@ -319,11 +329,10 @@ def seed002_rows(peers: bool) -> List[Tuple[str, float]]:
 
 
 def _seed002_jax(model, X, Y):
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+    jax = jax_or_none()
+    if jax is None:
         return []
+    jnp = jax.numpy
     (W1, b1), (W2, b2) = [(jnp.asarray(l.weight), jnp.asarray(l.bias)) for l in model.layers]
 
     def loss(params, x, y):
@@ -449,11 +458,10 @@ def _laplace_jax(model, X, Y, Xs):
     """The same full-GGN Laplace in JAX, one jitted function: jacrev Jacobians, the GGN JᵀJ and
     its eigh, 20 of MacKay's fixed-point updates of λ and σ² on its eigenvalues (the
     evidence's optimum), and the predictive on the 200 points."""
-    try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+    jax = jax_or_none()
+    if jax is None:
         return []
+    jnp = jax.numpy
     (W1, b1), (W2, b2) = [(jnp.asarray(l.weight), jnp.asarray(l.bias)) for l in model.layers]
     theta = jnp.concatenate([W1.ravel(), b1, W2.ravel(), b2])
     x, y, xs = jnp.asarray(X), jnp.asarray(Y)[:, 0], jnp.asarray(Xs)
@@ -556,9 +564,8 @@ def _library_gemm_rows(peers: bool, m: int = 1024) -> List[Tuple[str, float, flo
     rows = [(f"NumPy GEMM {m}×{m}×{m} (best)", _best(lambda: np.matmul(A, A, out=C)),
              2.0 * m**3 * 1e-9)]
     if peers:
-        try:
-            import jax
-        except ImportError:
+        jax = jax_or_none()
+        if jax is None:
             return rows
         product = jax.jit(lambda a, b: a @ b)
         a = jax.numpy.asarray(A)
