@@ -1285,8 +1285,8 @@ mod tests {
         crate::parallel::set_num_threads(2);
         // Widths around every kernel's MR and NR (AVX-512 12 × 16 or 32, AVX2 6 × 8 or 16,
         // portable 4 × 8 or, f64, 4 × 4), below one panel (read past each row), past the direct
-        // path's 128;
-        // depths of one row, a few rows, part of a depth block and more than two blocks.
+        // path's 128; depths of one row, a few rows, part of a depth block and more than two
+        // blocks.
         let widths = [
             1, 3, 4, 5, 6, 7, 8, 10, 12, 13, 16, 17, 20, 33, 64, 100, 128, 129, 200,
         ];
