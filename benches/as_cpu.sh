@@ -18,7 +18,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 lib="${CARGO_TARGET_DIR:-$here/../target}/cpuid_cap.so"
 if [[ ! -f $lib || $here/cpuid_cap.c -nt $lib ]]; then
     mkdir -p "$(dirname "$lib")"
-    "${CC:-cc}" -O2 -shared -fPIC -o "$lib.tmp" "$here/cpuid_cap.c"
-    mv "$lib.tmp" "$lib"
+    "${CC:-cc}" -O2 -shared -fPIC -o "$lib.$$" "$here/cpuid_cap.c"
+    mv "$lib.$$" "$lib"  # whole, even with another run building it at the same time
 fi
 CPUID_CAP="$1" LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" exec "${@:2}"
