@@ -116,11 +116,12 @@ unsafe fn tile_portable<T: GemmKernel, const MR: usize, const NR: usize>(
     write_buffered(acc.as_flattened(), NR, d);
 }
 
-/// The portable kernel's tiles: 8 (f32) or 16 (f64) of SSE2's 16 registers for accumulators
-/// at 4 × 8, 8 at 4 × 4 in f64. At 4 × 8 the f64 accumulators alone took all 16: with every
-/// library held to SSE4 (benches/as_cpu.sh sse4, Xeon, 2 threads), fastad ÷ OpenBLAS went 1.25
-/// → 1.14 (1024³), 1.28 → 1.11 (4096×784×512), 1.29 → 1.11 (4096×512×512), 1.06 → 0.95
-/// (10000×20×1000) at 4 × 4; 6 × 4 measured the same on the large ones, 1.01 on the shallow.
+/// The portable kernel's tiles (MR, NR). At 4 × 8, f32's accumulators take 8 of SSE2's 16
+/// registers, but f64's (two lanes each) all 16, none left for A and B: f64 runs 4 × 4. With
+/// every library held to SSE4 (benches/as_cpu.sh sse4, Xeon, 2 threads), fastad ÷ OpenBLAS
+/// went from 4 × 8 to 4 × 4: 1024³ 1.25 → 1.14, 4096×784×512 1.28 → 1.11, 4096×512×512 1.29 →
+/// 1.11, 10000×20×1000 1.06 → 0.95. 6 × 4 measured the same on the large products, 1.01 on
+/// the shallow one.
 const PORTABLE_F32: (usize, usize) = (4, 8);
 const PORTABLE_F64: (usize, usize) = (4, 4);
 
