@@ -42,6 +42,8 @@ const NC: usize = 1024;
 const B_BLOCK_BYTES: usize = 1 << 20;
 /// A packed block must be read by more than this many slivers (or panels) to be worth packing.
 const REUSE_TO_PACK: usize = 4;
+/// Rows of C below which a B within a quarter of L2 is read in place, not packed.
+const SHORT_ROWS: usize = 256;
 /// Elements of a B block below which one thread packs it.
 const PARALLEL_PACK_MIN: usize = 1 << 16;
 /// Depth of the blocks up to which `sweeps_rows` may sweep a block's tiles row by row.
@@ -595,9 +597,18 @@ impl<T: Float> Problem<T> {
         // Packing a block pays when the block is reused: B's by every sliver of A, A's by
         // every panel of B. Otherwise the kernel reads the operand in place (B only when its
         // rows are contiguous); only a ragged edge sliver or panel is packed, to pad it.
+        // A B that stays in L2 (a quarter of it), read by a short C's few slivers, is read in
+        // place too: packing it cost more than it saved. Xeon, 2 threads, in one process,
+        // fastad ÷ NumPy: 200³ f32 1.12 → 0.81 (its packing was split over the threads), 128³
+        // 0.84 → 0.80, 64³ 1.32 → 1.22, 120×512×512 0.88 → 0.81; f64 64³ 1.26 → 1.19, 128³
+        // 1.18 → 1.10; 250×512×256 f64 and 200×1000×1000 level. Every B in place for C under
+        // 256 rows lost badly (64×4096×4096 f32 1.02 → 1.52).
         let prepacked = self.prepacked_b;
-        let pack_b =
-            !prepacked.is_null() || self.b.col_stride != 1 || m.div_ceil(mr) > REUSE_TO_PACK;
+        let short_b_in_l2 = m < SHORT_ROWS
+            && k * n * std::mem::size_of::<T>() <= crate::kernels::cache::l2_bytes() / 4;
+        let pack_b = !prepacked.is_null()
+            || self.b.col_stride != 1
+            || (m.div_ceil(mr) > REUSE_TO_PACK && !short_b_in_l2);
         // Row blocks: at most MC rows, in a number of blocks the threads share evenly, each a
         // near-equal run of whole slivers. (Blocks of a fixed size, the last one short, left
         // a thread idle: 1024 rows on 2 threads ran as 5 × 108 rows against 4 × 108 + 52.)
