@@ -147,12 +147,16 @@ impl Blocking {
         };
         Blocking { depth, width }
     }
+
+    /// Elements of the largest packed block, for C of `n` columns in panels of `nr`.
+    fn block_len(self, n: usize, nr: usize) -> usize {
+        self.depth * n.min(self.width).next_multiple_of(nr)
+    }
 }
 
 /// Elements of B's packed block for a product whose C has `n` columns (`Blocking`).
 fn b_block_len<T>(n: usize, k: usize, nr: usize) -> usize {
-    let blocking = Blocking::of::<T>(n, k, nr);
-    blocking.depth * n.min(blocking.width).next_multiple_of(nr)
+    Blocking::of::<T>(n, k, nr).block_len(n, nr)
 }
 
 /// Elements of one task's A buffer: MC × KC, or in place one ragged sliver (`workspace_len`).
@@ -590,7 +594,7 @@ impl<T: Float> Problem<T> {
         let (m, n, k) = (self.m, self.n, self.k);
         let blocking = Blocking::of::<T>(n, k, nr);
         let kc_max = blocking.depth;
-        let (b_len, a_len) = (b_block_len::<T>(n, k, nr), a_block_len(k));
+        let (b_len, a_len) = (blocking.block_len(n, nr), a_block_len(k));
         let (b_pack, a_packs) = ws.split_at_mut(b_len);
         let slots = Slots::new(threads.min(64));
         let a_packs = crate::kernels::SharedMut::new(a_packs);
