@@ -84,14 +84,16 @@ pub(crate) fn plan(steps: &mut [Step], elem_bytes: usize) -> Option<TilePlan> {
         && !steps
             .iter()
             .any(|s| matches!(s.op, Op::TakeAlongRows { .. }));
-    let read_by_tiles = (0..steps.len())
-        .map(|i| {
-            steps.iter().any(|s| {
-                let (ins, n) = s.op.inputs();
-                matches!(s.phase, Phase::Tile | Phase::Reduce) && ins[..n].contains(&i)
-            })
-        })
-        .collect();
+    let mut read_by_tiles = vec![false; steps.len()];
+    for s in steps
+        .iter()
+        .filter(|s| matches!(s.phase, Phase::Tile | Phase::Reduce))
+    {
+        let (ins, n) = s.op.inputs();
+        for &i in &ins[..n] {
+            read_by_tiles[i] = true;
+        }
+    }
     Some(TilePlan {
         rows: rows / ROW_QUANTUM * ROW_QUANTUM,
         grad_in_one_pass,
